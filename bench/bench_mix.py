@@ -1,0 +1,346 @@
+#!/usr/bin/env python
+"""Per-batch cost of MixUp and CutMix: mixup_nbdev against fastai, timm and torchvision, as a ratio to `x.clone()`.
+
+Run from the repository root, in the development environment (nothing is installed or downloaded):
+
+    python bench/bench_mix.py            # both allocator views; writes bench/results_mix.json and .csv
+    python bench/bench_mix.py --quick    # a short look; writes nothing
+    python bench/bench_mix.py --smoke    # tiny batches, two rounds: checks that every candidate runs (tools/test.sh)
+
+All candidates mix the same batch. Every round runs each candidate once, in a new random order, so machine noise
+hits all alike, and seeds Python's, numpy's and torch's generators the same way before each, so candidates that draw
+alike (ours: functions and callbacks) get the same λ and boxes. A figure is the median over rounds, and its ratio is
+that median over the median of `x.clone()` of the same batch in the same run. Two views of memory: 'reuse' keeps freed memory for the next call, as a GPU's caching
+allocator does (glibc: no mmap for large blocks, no trimming); 'default' is glibc's allocator as it comes, which
+page-faults on every fresh batch-sized buffer and so hides extra passes over memory.
+Each view runs in its own process, because glibc's settings must be made before torch allocates anything.
+"""
+import argparse, ctypes, ctypes.util, json, os, platform, random, subprocess, sys, time, gc
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SHAPES = {'224': (64, 3, 224, 224), '32': (256, 3, 32, 32)}
+SMOKE_SHAPES = {'224': (8, 3, 24, 24), '32': (16, 3, 8, 8)}
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's malloc.h
+
+def reuse_freed_memory():
+    "Make glibc keep freed memory for the next allocation, as a GPU's caching allocator does"
+    libc = ctypes.CDLL(ctypes.util.find_library('c'))
+    if not (libc.mallopt(M_MMAP_MAX, 0) and libc.mallopt(M_TRIM_THRESHOLD, 2**31-1)):
+        raise RuntimeError("mallopt failed: is this glibc?")
+
+# --------------------------------------------------------------------------------------------------------------------
+# Host-device synchronisations, counted on the 'meta' device
+
+def _meta_dirichlet():
+    "A 'meta' kernel for the op behind `Beta.sample`, which torch lacks: it only needs the output's shape"
+    import torch
+    global _lib
+    if '_lib' in globals(): return
+    _lib = torch.library.Library('aten', 'IMPL')
+    _lib.impl('_sample_dirichlet', lambda alpha, generator=None: torch.empty_like(alpha), 'Meta')
+
+def count_syncs():
+    """A context manager counting what would make the host wait for the device, for tensors on the 'meta' device:
+    reading a value (`.item()`, `bool()`, `int()`, slicing with a tensor, data-dependent shapes) and copies between
+    host and device. Values read back are made up (0), so the code runs on; only the count matters"""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+    aten = torch.ops.aten
+    _meta_dirichlet()
+    reads = {aten._local_scalar_dense.default: lambda *a, **k: 0, aten.is_nonzero.default: lambda *a, **k: False,
+             aten.nonzero.default: lambda t, **k: torch.zeros(0, t.ndim, dtype=torch.long, device=t.device),
+             aten.equal.default: lambda *a, **k: True}
+    # boolean-mask indexing has a data-dependent shape: pretend the mask is all False
+    masked = {aten.index.Tensor: lambda t, idx: t.new_empty(0, *t.shape[sum(i.ndim if i is not None else 1 for i in idx):]),
+              aten.index_put_.default: lambda t, *a, **k: t, aten.index_put.default: lambda t, *a, **k: t.clone(),
+              aten.masked_select.default: lambda t, m: t.new_empty(0)}
+
+    class SyncCounter(TorchDispatchMode):
+        def __init__(self): super().__init__(); self.n, self.ops = 0, []
+        def _hit(self, name): self.n += 1; self.ops.append(name)
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            devs = {t.device.type for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+            if func in reads and 'meta' in devs:
+                self._hit(str(func)); return reads[func](*args, **kwargs)
+            if func in masked and 'meta' in devs and any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in tree_leaves(args[1:2])):
+                self._hit(f'{func} with a boolean mask'); return masked[func](*args, **kwargs)
+            if func is aten._to_copy.default and 'device' in kwargs and kwargs['device'] is not None:
+                src, dst = args[0].device.type, torch.device(kwargs['device']).type
+                if src != dst: self._hit(f'{func} {src}->{dst}')
+                if dst == 'cpu' and src == 'meta':  # the values can't come back: make them up
+                    return torch.zeros(args[0].shape, dtype=kwargs.get('dtype') or args[0].dtype)
+            if func is aten.copy_.default and args[0].device != args[1].device: self._hit(f'{func} {args[1].device.type}->{args[0].device.type}')
+            return func(*args, **kwargs)
+    return SyncCounter()
+
+def syncs_per_batch(f):
+    "Count the host-device syncs of `f()`, a per-batch step on 'meta' tensors, after a first call that builds caches"
+    with count_syncs(): f()  # the first call builds caches; its count is left out
+    with count_syncs() as s: f()
+    return s
+
+# --------------------------------------------------------------------------------------------------------------------
+# Candidates
+
+class Cand:
+    "One way of mixing a batch: `call()` mixes and returns the result; `reset()` (untimed) restores the state after it"
+    def __init__(self, name, group, lib, call, reset=None, lam=None):
+        self.name, self.group, self.lib, self.call, self.reset, self.lam = name, group, lib, call, reset or (lambda: None), lam
+
+def candidates(shape, device='cpu'):
+    "Every candidate, on a batch of `shape`: references, then MixUp, one-box CutMix and per-sample CutMix"
+    import torch, warnings
+    warnings.filterwarnings('ignore')
+    from fastai.vision.all import TensorImage, TensorCategory, Learner, DataLoaders, DataLoader, CrossEntropyLossFlat, nn
+    import fastai.callback.mixup as fa
+    from timm.data import Mixup as TimmMixup
+    from torchvision.transforms import v2
+    from mixup_nbdev.functional import mixup_batch, cutmix_batch, rand_box, rand_boxes, sample_lam
+    from mixup_nbdev.mixup import MixUp, CutMix
+    if device == 'meta': _meta_dirichlet()
+    bs, nc, size = shape[0], 10, shape[2:]
+    torch.manual_seed(0)
+    x = torch.randn(shape, device=device)
+    y = torch.randint(0, nc, (bs,), device=device)
+    x2, w = torch.randn(shape, device=device), torch.rand(bs, 1, 1, 1, device=device)
+    xi, yi = TensorImage(x), TensorCategory(y)  # fastai's types, sharing `x`'s memory
+    box = [None]
+    def new_box(): box[0] = (...,) + rand_box(size, random.betavariate(1., 1.))
+    mask = rand_boxes(size, sample_lam(1., bs, device))[0][:, None]
+
+    def on_learner(cb, fastai_cb):
+        learn = Learner(DataLoaders(DataLoader([]), DataLoader([])), nn.Linear(1, 1), loss_func=CrossEntropyLossFlat(), cbs=cb)
+        learn.training, learn.epoch, learn.pct_train, learn.iter = True, 0, 0., 0
+        learn.xb, learn.yb = (xi,), (yi,)
+        cb.before_train() if fastai_cb else cb.before_fit()
+        def call(): cb.before_batch(); return learn.xb
+        def reset(): learn.xb, learn.yb = (xi,), (yi,)
+        return dict(call=call, reset=reset, lam=lambda: cb.lam)
+
+    def timm(**kw):
+        mix = TimmMixup(num_classes=nc, label_smoothing=0., **kw)
+        return lambda: mix(x, y)
+
+    tv_mixup, tv_cutmix = v2.MixUp(alpha=.4, num_classes=nc), v2.CutMix(alpha=1., num_classes=nc)
+    last = {}
+    def keep(m): last['lam'] = m.lam; return m
+    R, M, C, S = 'reference', 'MixUp', 'CutMix', 'CutMix per sample'
+    return [
+        Cand('x.clone()', R, 'torch', lambda: x.clone()),
+        Cand('limit: lerp of two batches', R, 'torch', lambda: torch.lerp(x, x2, w)),
+        Cand('limit: copy a box in place', R, 'torch', lambda: x[box[0]].copy_(x2[box[0]]), reset=new_box),
+        Cand('limit: where with a mask', R, 'torch', lambda: torch.where(mask, x2, x)),
+        Cand('mixup_batch', M, 'ours', lambda: mixup_batch(x, y, .4)),
+        Cand('MixUp callback', M, 'ours', **on_learner(MixUp(.4), False)),
+        Cand('MixUp callback', M, 'fastai', **on_learner(fa.MixUp(.4), True)),
+        Cand('Mixup batch (in place)', M, 'timm', timm(mixup_alpha=.4, cutmix_alpha=0., mode='batch')),
+        Cand('Mixup elem', M, 'timm', timm(mixup_alpha=.4, cutmix_alpha=0., mode='elem')),
+        Cand('v2.MixUp', M, 'torchvision', lambda: tv_mixup(x, y)),
+        Cand('cutmix_batch (in place)', C, 'ours', lambda: keep(cutmix_batch(x, y, 1., inplace=True)), lam=lambda: last['lam']),
+        Cand('CutMix callback', C, 'ours', **on_learner(CutMix(1.), False)),
+        Cand('CutMix callback', C, 'fastai', **on_learner(fa.CutMix(1.), True)),
+        Cand('Mixup cutmix batch (in place)', C, 'timm', timm(mixup_alpha=0., cutmix_alpha=1., mode='batch')),
+        Cand('v2.CutMix', C, 'torchvision', lambda: tv_cutmix(x, y)),
+        Cand('cutmix_batch per_sample', S, 'ours', lambda: cutmix_batch(x, y, 1., per_sample=True)),
+        Cand('CutMix(per_sample=True) callback', S, 'ours', **on_learner(CutMix(1., per_sample=True), False)),
+        Cand('Mixup cutmix elem', S, 'timm', timm(mixup_alpha=0., cutmix_alpha=1., mode='elem')),
+    ], x
+
+# --------------------------------------------------------------------------------------------------------------------
+# Measurements
+
+def seed(r):
+    "Seed every random generator the candidates use"
+    import torch, numpy as np
+    random.seed(r); np.random.seed(r); torch.manual_seed(r)
+
+def time_all(cands, x, rounds, warmup=3):
+    "Seconds per call of each candidate, interleaved in a new random order every round, sorted"
+    x0 = x.clone()
+    times = {id(c): [] for c in cands}
+    order = list(cands)
+    shuffle = random.Random(0).shuffle
+    gc.disable()
+    try:
+        for r in range(warmup + rounds):
+            shuffle(order)
+            x.copy_(x0)  # in-place mixers have changed it: keep the values ordinary
+            for c in order:
+                # the same seed for all in a round: the same λ, shift and box sizes, where libraries draw alike
+                seed(r); c.reset()
+                t0 = time.perf_counter(); res = c.call(); t1 = time.perf_counter()
+                del res; c.reset()
+                if r >= warmup: times[id(c)].append(t1 - t0)
+            gc.collect()
+    finally: gc.enable()
+    return {id(c): sorted(times[id(c)]) for c in cands}
+
+def quantile(ts, q): return ts[min(len(ts)-1, int(q*len(ts)))]
+
+def peak_memory(c, calls=5):
+    "Peak bytes allocated and not yet freed during each of `calls` calls, the result included, by torch's memory profiler; with λ"
+    from torch.profiler import profile, ProfilerActivity
+    out = []
+    for _ in range(calls):
+        c.reset(); c.call(); c.reset()  # warm-up: caches built on the first call are not per-batch memory
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+            res = c.call()
+        cur = peak = 0
+        for _, action, _, size in prof._memory_profile().timeline:
+            if action.name == 'CREATE': cur += size
+            elif action.name == 'DESTROY': cur -= size
+            peak = max(peak, cur)
+        lam = c.lam() if c.lam else None
+        del res; c.reset()
+        out.append((peak, None if lam is None else float(lam) if not hasattr(lam, 'numel') or lam.numel() == 1 else None))
+    return out
+
+def syncs(shape):
+    "Host-device synchronisations of each candidate's second call, on a 'meta' batch"
+    import torch
+    res = {}
+    for c in candidates(shape, 'meta')[0]:
+        try:
+            def step(): c.reset(); c.call()
+            s = syncs_per_batch(step)
+            res[(c.group, c.lib, c.name)] = dict(n=s.n, ops=sorted(set(s.ops)))
+        except Exception as e: res[(c.group, c.lib, c.name)] = dict(n=None, error=f'{type(e).__name__}: {str(e)[:120]}')
+        c.reset()
+    return res
+
+def machine():
+    "What the numbers came from"
+    import torch, fastai, timm, torchvision
+    cpu = next((l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name')), platform.processor())
+    return dict(cpu=cpu, cores=os.cpu_count(), torch_threads=torch.get_num_threads(), python=platform.python_version(),
+                os=platform.platform(), libc=' '.join(platform.libc_ver()), torch=torch.__version__, fastai=fastai.__version__,
+                timm=timm.__version__, torchvision=torchvision.__version__, mem_gib=round(os.sysconf('SC_PAGE_SIZE')*os.sysconf('SC_PHYS_PAGES')/2**30, 1))
+
+def child(view, rounds, out, mem, smoke=False):
+    "One allocator view: times (and, for 'reuse', memory and syncs) as JSON in `out`"
+    if view == 'reuse': reuse_freed_memory()
+    import torch
+    load = [os.getloadavg()]
+    rows = []
+    for key, shape in (SMOKE_SHAPES if smoke else SHAPES).items():
+        cands, x = candidates(shape)
+        ts = time_all(cands, x, rounds[key])
+        nbytes = x.numel() * x.element_size()
+        clone = ts[id(cands[0])][len(ts[id(cands[0])])//2]
+        for c in cands:
+            t = ts[id(c)]; med = t[len(t)//2]
+            row = dict(view=view, shape=key, group=c.group, lib=c.lib, name=c.name, median_ms=med*1e3,
+                       q1_ms=quantile(t, .25)*1e3, q3_ms=quantile(t, .75)*1e3, ratio=med/clone, n=len(t), batch_mib=nbytes/2**20)
+            if mem:
+                pk = peak_memory(c)
+                row.update(peak_batches=max(p for p,_ in pk)/nbytes, peak_mib=max(p for p,_ in pk)/2**20, mask_batches=1/(shape[1]*x.element_size()),
+                           peak_minus_box_batches=max((p/nbytes - (1-l)) if l is not None else float('nan') for p,l in pk))
+            rows.append(row)
+        load.append(os.getloadavg())
+    res = dict(view=view, rows=rows, load=load)
+    if mem:
+        res['syncs'] = [dict(group=g, lib=l, name=n, **v) for (g,l,n),v in syncs((SMOKE_SHAPES if smoke else SHAPES)['32']).items()]
+        res['machine'] = machine()
+    Path(out).write_text(json.dumps(res))
+
+# --------------------------------------------------------------------------------------------------------------------
+# Targets (issue 5) and the table
+
+TARGETS = {('MixUp', '224'): 1.6, ('MixUp', '32'): 2.5, ('CutMix', '224'): 1.0, ('CutMix', '32'): 2.5,
+           ('CutMix per sample', '224'): 2.0, ('CutMix per sample', '32'): 4.0}
+
+def check_targets(rows, syncs_):
+    "Each target of issue 5 with the measured figure and whether it is met"
+    out = []
+    reuse = [r for r in rows if r['view'] == 'reuse']
+    for (g, s), lim in TARGETS.items():
+        for r in reuse:
+            if r['group'] == g and r['shape'] == s and r['lib'] == 'ours':
+                out.append(dict(target=f"{g} {s}²: {r['name']} ≤ {lim}× clone", value=round(r['ratio'], 2), ok=r['ratio'] <= lim))
+        peers = [r for r in reuse if r['group'] == g and r['shape'] == s and r['lib'] not in ('ours', 'torch')]
+        if peers:
+            best = min(peers, key=lambda r: r['ratio'])
+            ours = min(r['ratio'] for r in reuse if r['group'] == g and r['shape'] == s and r['lib'] == 'ours')
+            out.append(dict(target=f"{g} {s}²: ours ≤ best peer", value=round(ours, 2), ok=ours <= best['ratio'],
+                            detail=f"{best['lib']} {best['name']}: {best['ratio']:.2f}"))
+    for r in reuse:
+        if r['lib'] != 'ours' or 'peak_batches' not in r: continue
+        if r['group'] == 'CutMix':
+            v = r['peak_minus_box_batches']
+            out.append(dict(target=f"memory {r['shape']}²: {r['name']} peak ≤ its box (+0.01 batch)", value=round(v, 4), ok=v <= .01))
+        elif r['group'] == 'MixUp':
+            v = r['peak_batches']
+            out.append(dict(target=f"memory {r['shape']}²: {r['name']} peak ≤ 1 batch (+0.01)", value=round(v, 4), ok=v <= 1.01))
+        else:  # a new batch, and its mask: a byte per pixel
+            v = r['peak_batches']
+            out.append(dict(target=f"memory {r['shape']}²: {r['name']} peak ≤ 1 batch + mask ({1+r['mask_batches']:.3f}) (+0.01)",
+                            value=round(v, 4), ok=v <= 1.01 + r['mask_batches']))
+    for s in syncs_:
+        if s['lib'] == 'ours': out.append(dict(target=f"syncs: {s['name']} = 0", value=s['n'], ok=s['n'] == 0))
+    return out
+
+def table(rows, view):
+    "The results of one view, as text"
+    lines = [f"view: {view}   (median per-batch ms, and ratio to x.clone() of the same batch)",
+             f"{'group':<18}{'library':<12}{'candidate':<34}" + ''.join(f"{s+'² ms':>10}{'×clone':>8}" for s in SHAPES)]
+    rs = [r for r in rows if r['view'] == view]
+    keys = list(dict.fromkeys((r['group'], r['lib'], r['name']) for r in rs))
+    for k in keys:
+        line = f"{k[0]:<18}{k[1]:<12}{k[2]:<34}"
+        for s in SHAPES:
+            r = next(r for r in rs if (r['group'], r['lib'], r['name']) == k and r['shape'] == s)
+            line += f"{r['median_ms']:>10.3f}{r['ratio']:>8.2f}"
+        lines.append(line)
+    return '\n'.join(lines)
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--quick', action='store_true', help='a few rounds, to look; writes nothing')
+    ap.add_argument('--smoke', action='store_true', help='tiny batches, two rounds, one view: checks that everything runs; writes nothing')
+    ap.add_argument('--rounds', type=int, default=40, help='rounds at 224² (32² runs 5 times as many)')
+    ap.add_argument('--views', default='reuse,default', help='allocator views to run, in order')
+    ap.add_argument('--out', default=str(HERE/'results_mix'), help='results path without extension (.json, .csv)')
+    ap.add_argument('--child', help=argparse.SUPPRESS)
+    ap.add_argument('--child-out', help=argparse.SUPPRESS)
+    ap.add_argument('--mem', action='store_true', help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    rounds = 2 if a.smoke else 6 if a.quick else a.rounds
+    if a.smoke: a.views = 'reuse'
+    if a.child: return child(a.child, {'224': rounds, '32': 5*rounds}, a.child_out, a.mem, a.smoke)
+    import tempfile
+    started, results = time.strftime('%Y-%m-%d %H:%M:%S %Z'), []
+    load0 = os.getloadavg()
+    for i, view in enumerate(a.views.split(',')):
+        with tempfile.NamedTemporaryFile(suffix='.json') as f:
+            cmd = [sys.executable, __file__, '--child', view, '--child-out', f.name, '--rounds', str(rounds)] + (['--mem'] if i == 0 else []) + (['--smoke'] if a.smoke else [])
+            subprocess.run(cmd, check=True)
+            results.append(json.loads(Path(f.name).read_text()))
+    rows = [r for res in results for r in res['rows']]
+    first = results[0]
+    syncs_ = first.get('syncs', [])
+    targets = check_targets(rows, syncs_)
+    for res in results: print(table(rows, res['view']), '\n')
+    print('host-device syncs per batch (counted on the meta device):')
+    for s in syncs_: print(f"  {s['group']:<18}{s['lib']:<12}{s['name']:<34}{s['n'] if s['n'] is not None else s['error']}")
+    print('\ntargets (reuse view):')
+    for t in targets: print(f"  {'PASS' if t['ok'] else 'FAIL'}  {t['target']}: {t['value']}" + (f" ({t['detail']})" if 'detail' in t else ''))
+    load = [load0] + [l for res in results for l in res['load']]
+    print(f"\nload average (1 min) during the run: {min(l[0] for l in load):.2f} to {max(l[0] for l in load):.2f}")
+    if a.smoke:
+        n = len(candidates(SMOKE_SHAPES['32'])[0])
+        ok = len(rows) == 2*n and len(syncs_) == n and all(s['n'] is not None for s in syncs_ if s['lib'] == 'ours') and len(targets) > 20
+        print('smoke run:', 'every candidate ran' if ok else 'something is missing'); sys.exit(0 if ok else 1)
+    if a.quick: return
+    out = dict(command='python bench/bench_mix.py' + (f' --rounds {a.rounds}' if a.rounds != 40 else ''), started=started,
+               machine=first.get('machine'), load_1min=[l[0] for l in load], rounds={'224': rounds, '32': 5*rounds},
+               rows=rows, syncs=syncs_, targets=targets)
+    Path(a.out + '.json').write_text(json.dumps(out, indent=1, ensure_ascii=False))
+    cols = ['view', 'shape', 'group', 'lib', 'name', 'median_ms', 'q1_ms', 'q3_ms', 'ratio', 'n', 'peak_mib', 'peak_batches']
+    Path(a.out + '.csv').write_text('\n'.join([','.join(cols)] + [','.join(
+        (f'{r[c]:.4f}' if isinstance(r.get(c), float) else f'"{r[c]}"' if isinstance(r.get(c), str) else str(r.get(c, ''))) for c in cols) for r in rows]) + '\n')
+    print(f"wrote {a.out}.json and {a.out}.csv")
+
+if __name__ == '__main__': main()
