@@ -22,29 +22,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 # ours after fastai's: `fastai.vision.all` exports fastai's own `MixUp` and `CutMix`
 from mixup_nbdev.mixup import *
 from mixup_nbdev.data import digits_dls, small_cnn
-
-def mixers()->dict:
-    "The mixing callbacks by lower-case name: those of `mixup_nbdev.mixup`, and of `mixup_nbdev.friends` where installed"
-    import mixup_nbdev.mixup as mods
-    ms = [mods]
-    try:
-        import mixup_nbdev.friends as friends  # CutMixUp and the others; absent from older versions
-        ms.append(friends)
-    except ModuleNotFoundError as e:
-        if e.name != 'mixup_nbdev.friends': raise
-    return {n.lower():o for m in ms for n,o in vars(m).items()
-            if isinstance(o, type) and issubclass(o, MixHandler) and o is not MixHandler}
-
-def make_mixer(
-    mix:str='mixup', # 'none', 'mixup', 'cutmix', or a friend such as 'cutmixup'
-    alpha:float|None=None # Beta concentration (None: the callback's default)
-)->MixHandler|None:
-    "The mixing callback named `mix` (None for 'none'), with `alpha` as its first argument (`CutMixUp`: `mixup_alpha`)"
-    if mix == 'none': return None
-    found = mixers()
-    if mix.lower() not in found: raise ValueError(f"unknown mix {mix!r}: choose one of none, {', '.join(sorted(found))}")
-    cls = found[mix.lower()]
-    return cls() if alpha is None else cls(alpha)
+from mixup_nbdev.train import make_mixer
 
 # --- Workaround for training on the CPU (gloo), fastai 2.8.7 --------------------------------------------------
 # `DistributedDL._broadcast` sends the epoch's sample order from rank 0 to the other ranks, and moves it to CUDA
@@ -99,7 +77,7 @@ def rank_errors():
 @record  # under torchrun, the failing rank's traceback goes into the launcher's error report
 @call_parse
 def main(
-    mix:str='mixup', # 'none', 'mixup', 'cutmix', or a friend such as 'cutmixup'
+    mix:str='mixup', # 'none', 'mixup', 'cutmix' or 'cutmixup'
     alpha:float=None, # Beta concentration (default: the callback's)
     epochs:int=8, # Epochs of one-cycle training
     lr:float=1e-2, # Maximum learning rate
