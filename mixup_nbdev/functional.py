@@ -64,15 +64,18 @@ def draw_shift(
     "Draw the partner offset, uniform in `1..bs-1` (0 for a batch of one), on the host"
     return random.randrange(1, bs) if bs > 1 else 0
 
-# %% ../nbs/01_functional.ipynb #8cfbc0bb
+# %% ../nbs/01_functional.ipynb #90ba9b4a
+_as_subclass = Tensor.as_subclass  # PyTorch's C method, whatever a subclass puts over it
+
 def _plain(t:Tensor)->Tensor:
     "`t` as a plain `Tensor` sharing its storage: subclasses such as fastai's `TensorImage` add per-op overhead"
-    return t if type(t) is Tensor else t.as_subclass(Tensor)
+    # fastai's `TensorBase.as_subclass` adds Python that costs more than mixing a small batch
+    return t if type(t) is Tensor else _as_subclass(t, Tensor)
 
 def _like(out:Tensor, t:Tensor)->Tensor:
     "`out` with the type and metadata of `t`"
     if type(t) is Tensor or type(out) is type(t): return out
-    res = out.as_subclass(type(t))
+    res = _as_subclass(out, type(t))
     res.__dict__.update(getattr(t, '__dict__', {}))
     return res
 
@@ -277,7 +280,7 @@ def paste_box(
     _rotate_rows(_plain(out)[(...,) + box], shift)
     return out
 
-# %% ../nbs/01_functional.ipynb #6621a0ac
+# %% ../nbs/01_functional.ipynb #7b7274be
 _grids = {}
 
 def rand_boxes(
@@ -288,19 +291,21 @@ def rand_boxes(
     bs, d, dev = lam.shape[0], len(size), lam.device
     key = (tuple(size), dev)
     if key not in _grids:
-        sz, j = torch.tensor(size, device=dev), torch.arange(max(size), device=dev)
-        # positions along each dimension, (d, max(size)); past a dimension's end, one that no box reaches
-        _grids[key] = sz, torch.where(j < sz[:, None], j, -max(size))
-    sz, ar = _grids[key]
-    # all dimensions at once: (bs, d) sides, and lower corners around uniform centres
-    cut = (sz * (1-lam[:, None]) ** (1/d)).long()
-    lo = (torch.rand(bs, d, device=dev) * sz).long() - cut//2
-    inside = (ar >= lo[..., None]) & (ar < (lo+cut)[..., None])  # (bs, d, max(size)), clipped to each dimension
+        sz, j = torch.tensor(size, device=dev, dtype=torch.float32), torch.arange(max(size), device=dev, dtype=torch.float32)
+        # twice the pixel centres along each dimension, (d, max(size)); past a dimension's end, one that no box reaches
+        _grids[key] = sz, 2*sz, torch.where(j < sz[:, None], 2*j+1, math.inf)
+    sz, sz2, ar2 = _grids[key]
+    # all dimensions at once, in as few operations as can be (each costs more than its arithmetic on small batches):
+    # (bs, d) sides of `cut` pixels, around centres `c2/2` uniform in each dimension
+    cut = (sz * (1-lam[:, None]) ** (1/d)).floor_()
+    c2 = torch.rand(bs, d, device=dev) * sz2
+    # a pixel is in the box when its centre is less than half a side from the box's: `cut` pixels, fewer where clipped
+    inside = (ar2 - c2[..., None]).abs_() < cut[..., None]
     # the mask is the outer product of its sides; on a CPU, multiplying bytes is several times faster than `&` on booleans
-    u8 = inside.to(torch.uint8)
+    u8 = inside.view(torch.uint8)
     mask = u8[(slice(None), 0, slice(size[0])) + (None,)*(d-1)]
     for i in range(1, d): mask = mask * u8[(slice(None), i) + (None,)*i + (slice(size[i]),) + (None,)*(d-1-i)]
-    return mask.view(torch.bool), 1 - inside.sum(-1).prod(1) / math.prod(size)
+    return mask.view(torch.bool), torch.rsub(inside.sum(-1, dtype=torch.float32).prod(1), 1., alpha=1/math.prod(size))
 
 # %% ../nbs/01_functional.ipynb #1cd55f9e
 def paste_mask(
