@@ -10,7 +10,10 @@ Run from the repository root, in the development environment (nothing is install
 All candidates mix the same batch. Every round runs each candidate once, in a new random order, so machine noise
 hits all alike, and seeds Python's, numpy's and torch's generators the same way before each, so candidates that draw
 alike (ours: functions and callbacks) get the same λ and boxes. A figure is the median over rounds, and its ratio is
-that median over the median of `x.clone()` of the same batch in the same run. Two views of memory: 'reuse' keeps freed memory for the next call, as a GPU's caching
+that median over the median of `x.clone()` of the same batch in the same run. Candidates that draw λ and boxes ahead
+(`DrawAhead`, 32 batches at a time) pay for a block of draws in one call out of 32, which a median would never show:
+their figure is the median plus their draw time during the timed rounds divided by the number of calls (the `draws`
+column shows that share). Two views of memory: 'reuse' keeps freed memory for the next call, as a GPU's caching
 allocator does (glibc: no mmap for large blocks, no trimming); 'default' is glibc's allocator as it comes, which
 page-faults on every fresh batch-sized buffer and so hides extra passes over memory.
 Each view runs in its own process, because glibc's settings must be made before torch allocates anything.
@@ -86,9 +89,17 @@ def syncs_per_batch(f):
 # Candidates
 
 class Cand:
-    "One way of mixing a batch: `call()` mixes and returns the result; `reset()` (untimed) restores the state after it"
-    def __init__(self, name, group, lib, call, reset=None, lam=None):
+    """One way of mixing a batch: `call()` mixes and returns the result; `reset()` (untimed) restores the state after it;
+    `draws`, if any, is the `DrawAhead` it takes λ and boxes from"""
+    def __init__(self, name, group, lib, call, reset=None, lam=None, draws=None):
         self.name, self.group, self.lib, self.call, self.reset, self.lam = name, group, lib, call, reset or (lambda: None), lam
+        self.draws, self.draw_s, self.timing = draws, 0., False
+        if draws is not None:  # time each block of draws, during the timed rounds
+            refill = draws._refill
+            def timed(*args):
+                t0 = time.perf_counter(); refill(*args)
+                if self.timing: self.draw_s += time.perf_counter() - t0
+            draws._refill = timed
 
 def candidates(shape, device='cpu'):
     "Every candidate, on a batch of `shape`: references, then MixUp, one-box CutMix and per-sample CutMix"
@@ -98,7 +109,7 @@ def candidates(shape, device='cpu'):
     import fastai.callback.mixup as fa
     from timm.data import Mixup as TimmMixup
     from torchvision.transforms import v2
-    from mixup_nbdev.functional import mixup_batch, cutmix_batch, rand_box, rand_boxes, sample_lam
+    from mixup_nbdev.functional import mixup_batch, cutmix_batch, rand_box, rand_boxes, sample_lam, DrawAhead
     from mixup_nbdev.mixup import MixUp, CutMix
     if device == 'meta': _meta_dirichlet()
     bs, nc, size = shape[0], 10, shape[2:]
@@ -118,7 +129,7 @@ def candidates(shape, device='cpu'):
         cb.before_train() if fastai_cb else cb.before_fit()
         def call(): cb.before_batch(); return learn.xb
         def reset(): learn.xb, learn.yb = (xi,), (yi,)
-        return dict(call=call, reset=reset, lam=lambda: cb.lam)
+        return dict(call=call, reset=reset, lam=lambda: cb.lam, draws=getattr(cb, 'draws', None) if not fastai_cb else None)
 
     def timm(**kw):
         mix = TimmMixup(num_classes=nc, label_smoothing=0., **kw)
@@ -127,6 +138,7 @@ def candidates(shape, device='cpu'):
     tv_mixup, tv_cutmix = v2.MixUp(alpha=.4, num_classes=nc), v2.CutMix(alpha=1., num_classes=nc)
     last = {}
     def keep(m): last['lam'] = m.lam; return m
+    mu_draws, ps_draws = DrawAhead(), DrawAhead()
     R, M, C, S = 'reference', 'MixUp', 'CutMix', 'CutMix per sample'
     return [
         Cand('x.clone()', R, 'torch', lambda: x.clone()),
@@ -134,6 +146,7 @@ def candidates(shape, device='cpu'):
         Cand('limit: copy a box in place', R, 'torch', lambda: x[box[0]].copy_(x2[box[0]]), reset=new_box),
         Cand('limit: where with a mask', R, 'torch', lambda: torch.where(mask, x2, x)),
         Cand('mixup_batch', M, 'ours', lambda: mixup_batch(x, y, .4)),
+        Cand('mixup_batch(draws=DrawAhead())', M, 'ours', lambda: mixup_batch(x, y, .4, draws=mu_draws), draws=mu_draws),
         Cand('MixUp callback', M, 'ours', **on_learner(MixUp(.4), False)),
         Cand('MixUp callback', M, 'fastai', **on_learner(fa.MixUp(.4), True)),
         Cand('Mixup batch (in place)', M, 'timm', timm(mixup_alpha=.4, cutmix_alpha=0., mode='batch')),
@@ -145,6 +158,7 @@ def candidates(shape, device='cpu'):
         Cand('Mixup cutmix batch (in place)', C, 'timm', timm(mixup_alpha=0., cutmix_alpha=1., mode='batch')),
         Cand('v2.CutMix', C, 'torchvision', lambda: tv_cutmix(x, y)),
         Cand('cutmix_batch per_sample', S, 'ours', lambda: cutmix_batch(x, y, 1., per_sample=True)),
+        Cand('cutmix_batch per_sample, draws', S, 'ours', lambda: cutmix_batch(x, y, 1., per_sample=True, draws=ps_draws), draws=ps_draws),
         Cand('CutMix(per_sample=True) callback', S, 'ours', **on_learner(CutMix(1., per_sample=True), False)),
         Cand('Mixup cutmix elem', S, 'timm', timm(mixup_alpha=0., cutmix_alpha=1., mode='elem')),
     ], x
@@ -166,6 +180,7 @@ def time_all(cands, x, rounds, warmup=3):
     gc.disable()
     try:
         for r in range(warmup + rounds):
+            for c in cands: c.timing = r >= warmup
             shuffle(order)
             x.copy_(x0)  # in-place mixers have changed it: keep the values ordinary
             for c in order:
@@ -175,7 +190,9 @@ def time_all(cands, x, rounds, warmup=3):
                 del res; c.reset()
                 if r >= warmup: times[id(c)].append(t1 - t0)
             gc.collect()
-    finally: gc.enable()
+    finally:
+        gc.enable()
+        for c in cands: c.timing = False
     return {id(c): sorted(times[id(c)]) for c in cands}
 
 def quantile(ts, q): return ts[min(len(ts)-1, int(q*len(ts)))]
@@ -184,6 +201,7 @@ def peak_memory(c, calls=5):
     "Peak bytes allocated and not yet freed during each of `calls` calls, the result included, by torch's memory profiler; with λ"
     from torch.profiler import profile, ProfilerActivity
     out = []
+    if c.draws is not None: c.draws.reset()  # a fresh block of draws now, so that none is drawn in the calls measured
     for _ in range(calls):
         c.reset(); c.call(); c.reset()  # warm-up: caches built on the first call are not per-batch memory
         with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
@@ -231,13 +249,15 @@ def child(view, rounds, out, mem, smoke=False):
         nbytes = x.numel() * x.element_size()
         clone = ts[id(cands[0])][len(ts[id(cands[0])])//2]
         for c in cands:
-            t = ts[id(c)]; med = t[len(t)//2]
-            row = dict(view=view, shape=key, group=c.group, lib=c.lib, name=c.name, median_ms=med*1e3,
+            t = ts[id(c)]; share = c.draw_s / len(t)  # each call's share of the blocks of draws made in the timed rounds
+            med = t[len(t)//2] + share
+            row = dict(view=view, shape=key, group=c.group, lib=c.lib, name=c.name, median_ms=med*1e3, draws_ms=share*1e3,
                        q1_ms=quantile(t, .25)*1e3, q3_ms=quantile(t, .75)*1e3, ratio=med/clone, n=len(t), batch_mib=nbytes/2**20)
             if mem:
                 pk = peak_memory(c)
                 row.update(peak_batches=max(p for p,_ in pk)/nbytes, peak_mib=max(p for p,_ in pk)/2**20, mask_batches=1/(shape[1]*x.element_size()),
-                           peak_minus_box_batches=max((p/nbytes - (1-l)) if l is not None else float('nan') for p,l in pk))
+                           peak_minus_box_batches=max((p/nbytes - (1-l)) if l is not None else float('nan') for p,l in pk),
+                           draws_mib=sum(b.numel()*b.element_size() for b in c.draws.buf)/2**20 if c.draws is not None else 0.)
             rows.append(row)
         load.append(os.getloadavg())
     res = dict(view=view, rows=rows, load=load)
@@ -284,15 +304,15 @@ def check_targets(rows, syncs_):
 
 def table(rows, view):
     "The results of one view, as text"
-    lines = [f"view: {view}   (median per-batch ms, and ratio to x.clone() of the same batch)",
-             f"{'group':<18}{'library':<12}{'candidate':<34}" + ''.join(f"{s+'² ms':>10}{'×clone':>8}" for s in SHAPES)]
+    lines = [f"view: {view}   (median per-batch ms, with its share of draws made ahead, and ratio to x.clone() of the same batch)",
+             f"{'group':<18}{'library':<12}{'candidate':<34}" + ''.join(f"{s+'² ms':>10}{'draws':>7}{'×clone':>8}" for s in SHAPES)]
     rs = [r for r in rows if r['view'] == view]
     keys = list(dict.fromkeys((r['group'], r['lib'], r['name']) for r in rs))
     for k in keys:
         line = f"{k[0]:<18}{k[1]:<12}{k[2]:<34}"
         for s in SHAPES:
             r = next(r for r in rs if (r['group'], r['lib'], r['name']) == k and r['shape'] == s)
-            line += f"{r['median_ms']:>10.3f}{r['ratio']:>8.2f}"
+            line += f"{r['median_ms']:>10.3f}" + (f"{r['draws_ms']:>7.3f}" if r.get('draws_ms') else ' '*7) + f"{r['ratio']:>8.2f}"
         lines.append(line)
     return '\n'.join(lines)
 

@@ -12,9 +12,9 @@ from torch import Tensor
 from torch.distributions import Beta
 
 # %% auto #0
-__all__ = ['check_alpha', 'check_prob', 'sample_lam', 'draw_shift', 'partner', 'mix_tensor', 'Mixed', 'mixup_batch',
-           'reduce_loss', 'none_reduce', 'mix_loss', 'rand_box', 'box_lam', 'paste_box', 'rand_boxes', 'paste_mask',
-           'cutmix_batch']
+__all__ = ['check_alpha', 'check_prob', 'sample_lam', 'draw_shift', 'DrawAhead', 'partner', 'mix_tensor', 'Mixed', 'mixup_batch',
+           'reduce_loss', 'none_reduce', 'mix_loss', 'rand_box', 'box_lam', 'paste_box', 'box_sides', 'box_mask',
+           'rand_boxes', 'draw_boxes', 'paste_mask', 'cutmix_batch']
 
 # %% ../nbs/01_functional.ipynb #826a7c60
 def check_alpha(
@@ -39,23 +39,26 @@ def check_prob(
     if not 0 <= p <= 1: raise ValueError(f"`{name}` must be in [0, 1], got {p}")
     return float(p)
 
-# %% ../nbs/01_functional.ipynb #3144e255
+# %% ../nbs/01_functional.ipynb #20fe6a1a
 _concs = {}
 
 def sample_lam(
     alpha:float, # Concentration of `Beta(alpha, alpha)`
     n:int, # How many values to draw
     device=None, # Where to draw them: the batch's device
-    larger:bool=False # Return `max(λ, 1-λ)` instead, the larger share (MixUp's)
+    larger:bool=False, # Return `max(λ, 1-λ)` instead, the larger share (MixUp's)
+    p:float=1. # Chance that a sample is mixed at all: with chance `1-p` its λ is 1
 )->Tensor:
     "Draw `n` values of λ from `Beta(alpha, alpha)` on `device`, without a host-device sync"
     if alpha == 1:  # Beta(1, 1) is uniform: one cheap draw instead of two gamma draws per value
-        return torch.empty(n, device=device).uniform_(.5, 1.) if larger else torch.rand(n, device=device)
-    key = (alpha, n, device)
-    if key not in _concs: _concs[key] = torch.full((n, 2), float(alpha), device=device)  # float: an int alpha would make a Long tensor
-    # the kernel behind `Beta(alpha, alpha).sample`, the same numbers without its Python layers: rows of (λ, 1-λ)
-    d = torch._sample_dirichlet(_concs[key])
-    return d.amax(1) if larger else d[:, 0]
+        lam = torch.empty(n, device=device).uniform_(.5, 1.) if larger else torch.rand(n, device=device)
+    else:
+        key = (alpha, n, device)
+        if key not in _concs: _concs[key] = torch.full((n, 2), float(alpha), device=device)  # float: an int alpha would make a Long tensor
+        # the kernel behind `Beta(alpha, alpha).sample`, the same numbers without its Python layers: rows of (λ, 1-λ)
+        d = torch._sample_dirichlet(_concs[key])
+        lam = d.amax(1) if larger else d[:, 0]
+    return torch.where(torch.rand(n, device=device) < p, lam, 1.) if p < 1 else lam
 
 # %% ../nbs/01_functional.ipynb #6d1b6f92
 def draw_shift(
@@ -64,12 +67,54 @@ def draw_shift(
     "Draw the partner offset, uniform in `1..bs-1` (0 for a batch of one), on the host"
     return random.randrange(1, bs) if bs > 1 else 0
 
-# %% ../nbs/01_functional.ipynb #90ba9b4a
-_as_subclass = Tensor.as_subclass  # PyTorch's C method, whatever a subclass puts over it
+# %% ../nbs/01_functional.ipynb #d16996c4
+class DrawAhead:
+    "Per-sample random draws made for `block` batches at a time, handed out batch by batch"
+    def __init__(self,
+        block:int=32 # How many batches' draws to make in one call
+    ):
+        if isinstance(block, bool) or not isinstance(block, int) or block < 1:
+            raise ValueError(f"`block` must be an int >= 1 (batches drawn at a time; 1 draws for each batch), got {block!r}")
+        self.block = block
+        self.reset()
+
+    def reset(self):
+        "Drop what was drawn ahead: the next call draws from the generators' state at that point, so seeded runs repeat"
+        self.key,self.buf,self.i,self.size,self.tup = None,(),0,0,False
+
+    def _refill(self, f, n, args, kwargs):
+        res = f(*args, n=self.block*n, **kwargs)
+        self.tup = isinstance(res, tuple)
+        self.buf,self.size = res if self.tup else (res,),self.block*n
+
+    def __call__(self,
+        f, # Draws rows: `f(*args, n=m, **kwargs)` returns a tensor, or a tuple of them, with `m` rows
+        n:int, # How many rows this batch needs
+        *args, **kwargs # For `f`: plain values (numbers, tuples, devices); a change makes a new block
+    ):
+        "The next `n` rows of `f(*args, n=block*n, **kwargs)`, drawing a new block when this one is used up or the arguments change"
+        key = (f, args, kwargs)
+        if self.i + n > self.size or key != self.key:
+            self._refill(f, n, args, kwargs)
+            self.key,self.i = key,0
+        i = self.i; self.i = i+n
+        res = tuple(b[i:i+n] for b in self.buf)
+        return res if self.tup else res[0]
+
+    def __getstate__(self):
+        "Pickle the settings, not the draws"
+        return {**self.__dict__, 'key':None, 'buf':(), 'i':0, 'size':0}
+
+def _draw(draws:DrawAhead|None, f, n:int, *args, **kwargs):
+    "`f`'s draws for `n` samples: from `draws` when given, else drawn now"
+    return f(*args, n=n, **kwargs) if draws is None else draws(f, n, *args, **kwargs)
+
+# %% ../nbs/01_functional.ipynb #f3d14646
+# PyTorch's C method: fastai replaces `Tensor.as_subclass` by a Python one when it is imported
+_as_subclass = torch._C.TensorBase.as_subclass
 
 def _plain(t:Tensor)->Tensor:
     "`t` as a plain `Tensor` sharing its storage: subclasses such as fastai's `TensorImage` add per-op overhead"
-    # fastai's `TensorBase.as_subclass` adds Python that costs more than mixing a small batch
     return t if type(t) is Tensor else _as_subclass(t, Tensor)
 
 def _like(out:Tensor, t:Tensor)->Tensor:
@@ -84,7 +129,9 @@ def partner(
     shift:int # Partner offset from `draw_shift`
 )->Tensor:
     "The partners of the samples in `t`: row `i` holds row `(i+shift) % bs`"
-    return _like(_plain(t).roll(-shift, 0), t) if shift else t
+    return _partner(t, _plain(t), shift) if shift else t
+
+def _partner(t, tp, shift): return _like(tp.roll(-shift, 0), t)  # `tp`: `t` as a plain tensor
 
 # %% ../nbs/01_functional.ipynb #51525af0
 def _bcast(lam, t:Tensor):
@@ -93,7 +140,7 @@ def _bcast(lam, t:Tensor):
     if lam.dtype != t.dtype: lam = lam.to(t.dtype)
     return lam.view(-1, *[1]*(t.ndim-1))
 
-# %% ../nbs/01_functional.ipynb #2b8dbb44
+# %% ../nbs/01_functional.ipynb #02111c29
 def mix_tensor(
     x:Tensor, # A batch, `(bs, ...)`, floating point
     lam:Tensor, # One weight per sample, `(bs,)`
@@ -105,15 +152,20 @@ def mix_tensor(
         raise TypeError(f"MixUp interpolates inputs, so they must be floating point, got {xp.dtype}. Integer images: convert them first "
                         "(fastai: `IntToFloatTensor` in `batch_tfms`), or use CutMix, which only copies values. "
                         "Category codes or token ids (tabular, text) can't be interpolated: MixUp does not apply to them")
-    if not shift: return x
+    return _like(_lerp_partner(xp, _bcast(lam, xp), shift), x) if shift else x
+
+def _lerp_partner(
+    xp:Tensor, # A plain batch, floating point
+    w:Tensor, # Weight of each sample's (or element's) own value, broadcastable to `xp`
+    shift:int # Partner offset, > 0
+)->Tensor:
+    "`w*xp + (1-w)*partner(xp, shift)` in two `lerp`s (rows that wrap around, and the others), with no gathered copy"
     n = xp.shape[0]-shift
-    w = _bcast(lam, xp)
-    if xp.requires_grad: out = torch.cat([torch.lerp(xp[shift:], xp[:n], w[:n]), torch.lerp(xp[:shift], xp[n:], w[n:])])
-    else:
-        out = torch.empty_like(xp)
-        torch.lerp(xp[shift:], xp[:n], w[:n], out=out[:n])
-        torch.lerp(xp[:shift], xp[n:], w[n:], out=out[n:])
-    return _like(out, x)
+    if xp.requires_grad: return torch.cat([torch.lerp(xp[shift:], xp[:n], w[:n]), torch.lerp(xp[:shift], xp[n:], w[n:])])
+    out = torch.empty_like(xp)
+    torch.lerp(xp[shift:], xp[:n], w[:n], out=out[:n])
+    torch.lerp(xp[:shift], xp[n:], w[n:], out=out[n:])
+    return out
 
 # %% ../nbs/01_functional.ipynb #8ce2d440
 class Mixed(NamedTuple):
@@ -152,26 +204,30 @@ def _mix_targets(yb, yb1, lam, y_int:bool, skip=()):
         ys.append(_like(torch.lerp(_plain(y1), yp, _bcast(lam, yp)), y))
     return Mixed(None, tuple(ys), None, lam, 0)
 
-# %% ../nbs/01_functional.ipynb #f96157a8
+# %% ../nbs/01_functional.ipynb #93fec5d2
 def mixup_batch(
     xb:Tensor|tuple, # Inputs: a tensor, or a tuple of them (each `(bs, ...)`)
     yb:Tensor|tuple=(), # Targets: a tensor, or a tuple of them
     alpha:float=.4, # Concentration of `Beta(alpha, alpha)`
     p:float=1., # Chance that a sample is mixed at all
-    y_int:bool=True # True: keep the partners' targets for `mix_loss`; False: interpolate the (float) targets
+    y_int:bool=True, # True: keep the partners' targets for `mix_loss`; False: interpolate the (float) targets
+    draws:DrawAhead|None=None # Take λ from these draws made ahead (the callbacks' way); default: draw for this batch
 )->Mixed:
     "MixUp (https://arxiv.org/abs/1710.09412) of a batch: each sample keeps `lam>=0.5` of itself and takes the rest from its partner"
     alpha, p = check_alpha(alpha), check_prob(p)  # a bad alpha would give NaN λ, silently
     xs, ys = _tup(xb), _tup(yb)
-    x0 = _plain(xs[0]); bs = x0.shape[0]  # plain: each attribute of a fastai `TensorImage` costs a `__torch_function__` call
+    # plain tensors, once each: each attribute of a fastai `TensorImage` costs a `__torch_function__` call
+    xps = tuple(map(_plain, xs))
+    x0 = xps[0]; bs, dev = x0.shape[0], x0.device
     if not torch.is_floating_point(x0): mix_tensor(x0, None, 1)  # raises the clear dtype error
     shift = draw_shift(bs)
-    lam = sample_lam(alpha, bs, x0.device, larger=True)
-    if p < 1: lam = torch.where(torch.rand(bs, device=x0.device) < p, lam, 1.)
-    if not shift: return Mixed(xs, ys, None, torch.ones(bs, device=x0.device), 0)
-    res = _mix_targets(ys, tuple(partner(y, shift) for y in ys), lam, y_int)
-    mixable = lambda x: torch.is_floating_point(x := _plain(x)) and x.ndim > 0 and x.shape[0] == bs
-    return res._replace(xb=tuple(mix_tensor(x, lam, shift) if mixable(x) else x for x in xs), shift=shift)
+    lam = _draw(draws, sample_lam, bs, alpha, device=dev, larger=True, p=p)
+    if not shift: return Mixed(xs, ys, None, torch.ones(bs, device=dev), 0)
+    res = _mix_targets(ys, tuple(_partner(y, _plain(y), shift) for y in ys), lam, y_int)
+    def mix(x, xp):
+        if not (torch.is_floating_point(xp) and xp.ndim > 0 and xp.shape[0] == bs): return x
+        return _like(_lerp_partner(xp, _bcast(lam, xp), shift), x)
+    return res._replace(xb=tuple(map(mix, xs, xps)), shift=shift)
 
 # %% ../nbs/01_functional.ipynb #fbfcfcdb
 def reduce_loss(
@@ -280,14 +336,14 @@ def paste_box(
     _rotate_rows(_plain(out)[(...,) + box], shift)
     return out
 
-# %% ../nbs/01_functional.ipynb #7b7274be
+# %% ../nbs/01_functional.ipynb #8b570374
 _grids = {}
 
-def rand_boxes(
+def box_sides(
     size:tuple, # Spatial size: `(L,)`, `(H, W)` or `(D, H, W)`
     lam:Tensor # One λ per sample, `(bs,)`, on the batch's device
 )->tuple:
-    "One box per sample, on `lam`'s device: a boolean mask `(bs, *size)` that is True inside the box, and each sample's exact kept fraction"
+    "One box per sample, on `lam`'s device, as its sides: `(bs, d, max(size))` booleans, True where dimension `i` is inside the box; and each sample's exact kept fraction"
     bs, d, dev = lam.shape[0], len(size), lam.device
     key = (tuple(size), dev)
     if key not in _grids:
@@ -301,27 +357,57 @@ def rand_boxes(
     c2 = torch.rand(bs, d, device=dev) * sz2
     # a pixel is in the box when its centre is less than half a side from the box's: `cut` pixels, fewer where clipped
     inside = (ar2 - c2[..., None]).abs_() < cut[..., None]
-    # the mask is the outer product of its sides; on a CPU, multiplying bytes is several times faster than `&` on booleans
+    return inside, torch.rsub(inside.sum(-1, dtype=torch.float32).prod(1), 1., alpha=1/math.prod(size))
+
+def box_mask(
+    inside:Tensor, # Sides from `box_sides`, `(bs, d, max(size))`
+    size:tuple # Spatial size
+)->Tensor:
+    "The boxes as a boolean mask `(bs, *size)`, True inside"
+    d = len(size)
+    # the outer product of the sides; on a CPU, multiplying bytes is several times faster than `&` on booleans
     u8 = inside.view(torch.uint8)
     mask = u8[(slice(None), 0, slice(size[0])) + (None,)*(d-1)]
     for i in range(1, d): mask = mask * u8[(slice(None), i) + (None,)*i + (slice(size[i]),) + (None,)*(d-1-i)]
-    return mask.view(torch.bool), torch.rsub(inside.sum(-1, dtype=torch.float32).prod(1), 1., alpha=1/math.prod(size))
+    return mask.view(torch.bool)
 
-# %% ../nbs/01_functional.ipynb #1cd55f9e
+def rand_boxes(
+    size:tuple, # Spatial size: `(L,)`, `(H, W)` or `(D, H, W)`
+    lam:Tensor # One λ per sample, `(bs,)`, on the batch's device
+)->tuple:
+    "One box per sample, on `lam`'s device: a boolean mask `(bs, *size)` that is True inside the box, and each sample's exact kept fraction"
+    inside, kept = box_sides(size, lam)
+    return box_mask(inside, size), kept
+
+def draw_boxes(
+    size:tuple, # Spatial size
+    alpha:float, # Concentration of `Beta(alpha, alpha)`
+    n:int, # How many boxes
+    device=None, # Where to draw them
+    p:float=1. # Chance that a sample gets a box at all
+)->tuple:
+    "Per-sample CutMix's draws: λ, then a box of about `1-λ` of the sample, as `box_sides` (what `DrawAhead` draws ahead)"
+    return box_sides(size, sample_lam(alpha, n, device, p=p))
+
+# %% ../nbs/01_functional.ipynb #f96a3693
 def paste_mask(
     x:Tensor, # A batch whose last dimensions are the mask's spatial size
     mask:Tensor, # `(bs, *size)` boolean mask from `rand_boxes`
     shift:int # Partner offset from `draw_shift`
 )->Tensor:
     "Where `mask` is True take the partner's value: a new batch, written once, with no gathered copy"
-    xp = _plain(x); n = xp.shape[0]-shift
+    return _like(_where_partner(_plain(x), mask, shift), x)
+
+def _where_partner(xp, mask, shift):
+    "`paste_mask` of a plain tensor"
+    n = xp.shape[0]-shift
     m = mask.view(mask.shape[0], *[1]*(xp.ndim-mask.ndim), *mask.shape[1:])
     out = torch.empty_like(xp)
     torch.where(m[:n], xp[shift:], xp[:n], out=out[:n])
     torch.where(m[n:], xp[:shift], xp[n:], out=out[n:])
-    return _like(out, x)
+    return out
 
-# %% ../nbs/01_functional.ipynb #91dfb1ba
+# %% ../nbs/01_functional.ipynb #68a90c27
 def cutmix_batch(
     xb:Tensor|tuple, # Inputs `(bs, C, *size)`: a tensor, or a tuple of them
     yb:Tensor|tuple=(), # Targets: a tensor, or a tuple of them
@@ -329,32 +415,36 @@ def cutmix_batch(
     per_sample:bool=False, # One box per sample (True) or one for the batch
     p:float=1., # Chance that the batch (or, per sample, a sample) is mixed at all
     y_int:bool=True, # True: keep the partners' targets for `mix_loss`; False: interpolate the (float) targets
-    inplace:bool=False # Batch-level box only: paste into the given tensors instead of copies
+    inplace:bool=False, # Batch-level box only: paste into the given tensors instead of copies
+    draws:DrawAhead|None=None # Per-sample boxes only: take λ and the boxes from these draws made ahead; default: draw for this batch
 )->Mixed:
     "CutMix (https://arxiv.org/abs/1905.04899): paste a box from each sample's partner; `lam` is the exact fraction each sample kept"
     alpha, p = check_alpha(alpha), check_prob(p)  # a bad alpha would give NaN λ, silently
     xs, ys = _tup(xb), _tup(yb)
-    x0 = _plain(xs[0]); bs, size = x0.shape[0], tuple(x0.shape[2:])  # plain: cheaper attributes, as in `mixup_batch`
+    xps, yps = tuple(map(_plain, xs)), tuple(map(_plain, ys))  # once each, as in `mixup_batch`
+    x0 = xps[0]; bs, size = x0.shape[0], tuple(x0.shape[2:])
     if not size: raise ValueError(f"CutMix pastes a box across spatial dimensions, so inputs must be (bs, C, *spatial), got {tuple(x0.shape)}. "
         "1-d signals (bs, L): add a channel dimension, `x[:, None]`; feature vectors have no spatial dimensions: use MixUp")
     d = len(size)
-    spatial = lambda t: (t := _plain(t)).ndim > d and t.shape[0] == bs and tuple(t.shape[-d:]) == size
+    spatial = lambda tp: tp.ndim > d and tp.shape[0] == bs and tuple(tp.shape[-d:]) == size
     shift = draw_shift(bs)
     if per_sample:
-        lam = sample_lam(alpha, bs, x0.device)
-        if p < 1: lam = torch.where(torch.rand(bs, device=x0.device) < p, lam, 1.)
-        mask, lam = rand_boxes(size, lam)
-        paste = partial(paste_mask, mask=mask, shift=shift)
+        inside, lam = _draw(draws, draw_boxes, bs, size, alpha, device=x0.device, p=p)
+        mask = box_mask(inside, size)
+        paste = lambda t, tp: _like(_where_partner(tp, mask, shift), t)
     else:
         if random.random() >= p: shift = 0
         box = rand_box(size, random.betavariate(alpha, alpha))
         lam = box_lam(size, box)
-        paste = partial(paste_box, box=box, shift=shift, inplace=inplace)
+        def paste(t, tp):
+            out = paste_box(tp, box, shift, inplace)
+            return t if inplace else _like(out, t)
     if not shift: return Mixed(xs, ys, None, torch.ones(bs, device=x0.device) if per_sample else 1., 0)
-    xs = tuple(paste(x) if spatial(x) else x for x in xs)
+    xs = tuple(paste(x, xp) if spatial(xp) else x for x, xp in zip(xs, xps))
     # targets with the input's spatial size (segmentation masks) get the same box, so need no mixing
-    masks = [i for i,y in enumerate(ys) if spatial(y)]
-    ys = tuple(paste(y) if i in masks else y for i,y in enumerate(ys))
-    res = _mix_targets(ys, tuple(y if i in masks else partner(y, shift) for i,y in enumerate(ys)), lam, y_int, skip=masks)
+    masks = [i for i,yp in enumerate(yps) if spatial(yp)]
+    ys = tuple(paste(y, yp) if i in masks else y for i,(y,yp) in enumerate(zip(ys, yps)))
+    ys1 = tuple(y if i in masks else _partner(y, yp, shift) for i,(y,yp) in enumerate(zip(ys, yps)))
+    res = _mix_targets(ys, ys1, lam, y_int, skip=masks)
     if len(masks) == len(ys): res = res._replace(yb1=None)
     return res._replace(xb=xs, shift=shift)

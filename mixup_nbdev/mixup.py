@@ -11,7 +11,7 @@ from .functional import _tup
 # %% auto #0
 __all__ = ['MixHandler', 'MixUp', 'mixed_batch', 'show_mixed', 'CutMix']
 
-# %% ../nbs/00_mixup.ipynb #2b60bd11
+# %% ../nbs/00_mixup.ipynb #79e3b74d
 class MixHandler(Callback):
     "A handler class for implementing `MixUp` style scheduling"
     run_valid = False
@@ -22,6 +22,7 @@ class MixHandler(Callback):
         stop_pct:float=1. # Stop mixing once this fraction of training is done
     ):
         self.alpha,self.p,self.stop_pct = check_alpha(alpha),check_prob(p, 'p'),check_prob(stop_pct, 'stop_pct')
+        self.draws = DrawAhead()
         self._clear()
 
     def _set(self, lam=None, yb1=None, shift=0):
@@ -40,6 +41,7 @@ class MixHandler(Callback):
         if self.stack_y:
             with none_reduce(self.learn.loss_func): pass
         self._clear()
+        self.draws.reset()  # each fit draws afresh from the generators, so a seeded fit repeats
 
     def mix(self)->Mixed:
         "Mix `self.xb` and `self.yb`: subclasses return a `Mixed`"
@@ -62,7 +64,7 @@ class MixHandler(Callback):
         self.learn.loss = self.learn.loss_grad.clone()
 
     def after_batch(self): self._clear()
-    def after_fit(self): self._clear()
+    def after_fit(self): self._clear(); self.draws.reset()
 
     def lf(self, pred, *yb):
         "The loss of `pred` against `yb` and the partners' targets, interpolated with `lam`, reduced like `learn.loss_func`"
@@ -73,7 +75,7 @@ class MixHandler(Callback):
         "Pickle (e.g. `learn.export`) without the last batch's tensors"
         return {k:(None if k in self._batch_state else v) for k,v in self.__dict__.items()}
 
-# %% ../nbs/00_mixup.ipynb #e8c680f2
+# %% ../nbs/00_mixup.ipynb #1fc3f2f1
 class MixUp(MixHandler):
     "Implementation of https://arxiv.org/abs/1710.09412"
     def __init__(self,
@@ -85,7 +87,7 @@ class MixUp(MixHandler):
 
     def mix(self)->Mixed:
         "Blend each sample with its partner, keeping `lam>=0.5` of itself"
-        return mixup_batch(self.learn.xb, self.learn.yb, self.alpha, self.p, self.stack_y)
+        return mixup_batch(self.learn.xb, self.learn.yb, self.alpha, self.p, self.stack_y, self.draws)
 
 # %% ../nbs/00_mixup.ipynb #44a974c2
 def mixed_batch(
@@ -117,7 +119,7 @@ def show_mixed(
     dls.show_batch(b=mixed, max_n=nrows*ncols, ctxs=axs.flatten())
     return mixed
 
-# %% ../nbs/00_mixup.ipynb #9df14f3e
+# %% ../nbs/00_mixup.ipynb #ab8ef7fd
 class CutMix(MixHandler):
     "Implementation of https://arxiv.org/abs/1905.04899"
     def __init__(self,
@@ -132,4 +134,4 @@ class CutMix(MixHandler):
 
     def mix(self)->Mixed:
         "Paste a box from each sample's partner; `lam` is the fraction each sample kept"
-        return cutmix_batch(self.learn.xb, self.learn.yb, self.alpha, self.per_sample, self.p, self.stack_y, inplace=True)
+        return cutmix_batch(self.learn.xb, self.learn.yb, self.alpha, self.per_sample, self.p, self.stack_y, inplace=True, draws=self.draws)
