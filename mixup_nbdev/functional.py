@@ -336,7 +336,7 @@ def paste_box(
     _rotate_rows(_plain(out)[(...,) + box], shift)
     return out
 
-# %% ../nbs/01_functional.ipynb #8b570374
+# %% ../nbs/01_functional.ipynb #b0fbc2ae
 _grids = {}
 
 def box_sides(
@@ -347,7 +347,9 @@ def box_sides(
     bs, d, dev = lam.shape[0], len(size), lam.device
     key = (tuple(size), dev)
     if key not in _grids:
-        sz, j = torch.tensor(size, device=dev, dtype=torch.float32), torch.arange(max(size), device=dev, dtype=torch.float32)
+        # made on the device, not copied there: a copy from pageable host memory would make the host wait for the device
+        sz = torch.stack([torch.full((), float(s), device=dev) for s in size])
+        j = torch.arange(max(size), device=dev, dtype=torch.float32)
         # twice the pixel centres along each dimension, (d, max(size)); past a dimension's end, one that no box reaches
         _grids[key] = sz, 2*sz, torch.where(j < sz[:, None], 2*j+1, math.inf)
     sz, sz2, ar2 = _grids[key]

@@ -40,6 +40,7 @@ check "README.md is what nbs/index.ipynb makes (tools/make_readme.py --check)" p
 check "docs: the site builds into _docs/ with no warning (tools/build_docs.sh)" bash tools/build_docs.sh
 check "docs: every page in headless Chromium, screenshots in _artifacts/docs (tools/browser_test.py)" python tools/browser_test.py
 check "bench: every candidate of the speed benchmark runs, on tiny batches (bench/bench_mix.py --smoke)" python bench/bench_mix.py --smoke
+check "bench: the GPU checks' code runs on the CPU, on tiny batches (bench/bench_gpu.py --smoke)" python bench/bench_gpu.py --smoke
 check "distributed: 2 CPU ranks under torchrun, mixing, failures (tools/test_ddp.py)" python tools/test_ddp.py
 
 echo "tests: $passed passed, $failed failed"
