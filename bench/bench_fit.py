@@ -8,7 +8,11 @@ Run from the repository root, in the development environment:
 
 Every round fits each variant once, in a new random order, from the same seed (same weights, same batches), so
 machine noise hits all alike; a figure is the median wall time of `fit` over rounds, and its overhead is that median
-over the median without mixing, minus one.
+over the median without mixing, minus one. On a small shared machine that difference is within the noise of a fit, so
+each fit with a callback also times the callback itself: its `before_batch` (the mixing) and its `after_loss` (the
+mixed loss) in each training batch. Their median per batch, times the number of training batches, as a share of the
+fit's wall time is the callback's share (a median, since a fit's first batch builds caches, and a batch now and then
+is slowed by the machine).
 """
 import argparse, json, os, random, time, warnings
 from pathlib import Path
@@ -33,27 +37,36 @@ def main():
     load = [os.getloadavg()[0]]
     set_seed(42)
     dls = digits_dls(bs=64)
-    times = {k: [] for k in variants}
+    times, shares = {k: [] for k in variants}, {k: [] for k in variants}
     order = list(variants)
     for r in range(rounds + 1):  # round 0 warms up
         random.shuffle(order)
         for k in order:
             set_seed(42, reproducible=True)
             cb = variants[k]()
+            spent = {'before_batch': [], 'after_loss': []}
+            if cb is not None:  # time the callback's own per-batch work, on the instance (fastai looks events up with getattr)
+                for ev in spent:
+                    def timed(f=getattr(cb, ev), ts=spent[ev]):
+                        t0 = time.perf_counter(); f(); ts.append(time.perf_counter() - t0)
+                    cb.__dict__[ev] = timed
             learn = Learner(dls, small_cnn(), loss_func=CrossEntropyLossFlat(), metrics=accuracy)
             with learn.no_bar(), learn.no_logging():
                 t0 = time.perf_counter(); learn.fit(a.epochs, 1e-2, cbs=cb); t = time.perf_counter() - t0
-            if r: times[k].append(t)
+            per_batch = sorted(b + l for b, l in zip(spent['before_batch'], spent['after_loss']))
+            cb_s = per_batch[len(per_batch)//2] * len(per_batch) if per_batch else 0.
+            if r: times[k].append(t); shares[k].append(100*cb_s/t)
         load.append(os.getloadavg()[0])
     med = {k: sorted(v)[len(v)//2] for k,v in times.items()}
     base = med['no mixing']
     rows = [dict(variant=k, median_s=med[k], min_s=min(times[k]), max_s=max(times[k]), overhead_pct=100*(med[k]/base - 1),
-                 times_s=times[k]) for k in variants]
+                 callback_pct=sorted(shares[k])[len(shares[k])//2], times_s=times[k]) for k in variants]
     n_batches = len(dls.train)
     print(f"fit of small_cnn on the digits: {a.epochs} epochs of {n_batches} batches of {dls.bs}, {rounds} interleaved rounds, "
           f"{torch.get_num_threads()} torch threads")
     for r in rows:
-        print(f"  {r['variant']:<20}{r['median_s']:>8.3f} s   {r['overhead_pct']:+6.1f} %   (min {r['min_s']:.3f}, max {r['max_s']:.3f})")
+        print(f"  {r['variant']:<20}{r['median_s']:>8.3f} s   {r['overhead_pct']:+6.1f} %   (min {r['min_s']:.3f}, max {r['max_s']:.3f})"
+              f"   callback's own time: {r['callback_pct']:.2f} % of the fit")
     print(f"load average (1 min) during the run: {min(load):.2f} to {max(load):.2f}")
     if a.quick: return
     from bench_mix import machine
