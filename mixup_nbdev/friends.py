@@ -119,13 +119,13 @@ def signals_dls(
     dls.vocab, dls.c = list(SIGNAL_CLASSES), len(SIGNAL_CLASSES)
     return dls
 
-# %% ../nbs/04_friends.ipynb #f8448ec0
+# %% ../nbs/04_friends.ipynb #b3778c5e
 def _mix_weighted(
     x:Tensor, # A batch `(bs, ...)`, floating point
     w:Tensor, # Weight of each element's own value, broadcastable to `x`
     shift:int # Partner offset from `draw_shift`
 )->Tensor:
-    "`w*x + (1-w)*partner(x, shift)` element by element, in one `lerp`: exact copies where `w` is 0 or 1"
+    "`w*x + (1-w)*partner(x, shift)` element by element, with `lerp`: exact copies where `w` is 0 or 1"
     xp = _plain(x)
     return _like(_lerp_partner(xp, w.to(xp.dtype), shift), x)
 
