@@ -204,7 +204,7 @@ def _mix_targets(yb, yb1, lam, y_int:bool, skip=()):
         ys.append(_like(torch.lerp(_plain(y1), yp, _bcast(lam, yp)), y))
     return Mixed(None, tuple(ys), None, lam, 0)
 
-# %% ../nbs/01_functional.ipynb #93fec5d2
+# %% ../nbs/01_functional.ipynb #a33d7aee
 def mixup_batch(
     xb:Tensor|tuple, # Inputs: a tensor, or a tuple of them (each `(bs, ...)`)
     yb:Tensor|tuple=(), # Targets: a tensor, or a tuple of them
@@ -223,7 +223,7 @@ def mixup_batch(
     shift = draw_shift(bs)
     lam = _draw(draws, sample_lam, bs, alpha, device=dev, larger=True, p=p)
     if not shift: return Mixed(xs, ys, None, torch.ones(bs, device=dev), 0)
-    res = _mix_targets(ys, tuple(_partner(y, _plain(y), shift) for y in ys), lam, y_int)
+    res = _mix_targets(ys, tuple(partner(y, shift) for y in ys), lam, y_int)
     def mix(x, xp):
         if not (torch.is_floating_point(xp) and xp.ndim > 0 and xp.shape[0] == bs): return x
         return _like(_lerp_partner(xp, _bcast(lam, xp), shift), x)
