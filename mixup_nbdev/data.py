@@ -4,11 +4,13 @@
 
 # %% ../nbs/02_data.ipynb #b8cf8014
 from __future__ import annotations
+import importlib
 import numpy as np
 from fastai.vision.all import *
 
 # %% auto #0
-__all__ = ['PHOTOS', 'arrays_dls', 'digits_dls', 'photos_dls', 'small_cnn']
+__all__ = ['PHOTOS', 'SHAPE_CODES', 'SIGNAL_CLASSES', 'arrays_dls', 'digits_dls', 'photos_dls', 'small_cnn', 'shapes_seg',
+           'shapes_dls', 'show_seg', 'synth_signals', 'signals_dls']
 
 # %% ../nbs/02_data.ipynb #e722da6e
 def arrays_dls(
@@ -45,6 +47,11 @@ def digits_dls(
                       item_tfms=Resize(size, method='squish'), batch_tfms=Normalize.from_stats([0.5], [0.5]), **kwargs)
 
 # %% ../nbs/02_data.ipynb #1925058a
+def _skimage(module:str):
+    "scikit-image's `module` (`data`, `draw`, ...), which only the example datasets need, or the error that says how to install it"
+    try: return importlib.import_module(f'skimage.{module}')
+    except ImportError as e: raise ImportError('this example dataset needs scikit-image: pip install "mixup_nbdev[examples]"') from e
+
 PHOTOS = dict(astronaut='astronaut', cat='chelsea', coffee='coffee', rocket='rocket',
               cells='immunohistochemistry', galaxies='hubble_deep_field')
 
@@ -58,10 +65,9 @@ def photos_dls(
     **kwargs # Passed to `arrays_dls`
 )->DataLoaders:
     "Random crops of six colour photos from scikit-image, labelled by photo: pictures worth looking at when they are mixed"
-    from skimage import data
     imgs, labels = [], []
     for label, name in PHOTOS.items():
-        img = getattr(data, name)()
+        img = getattr(_skimage('data'), name)()
         imgs += [img] * n_per_class
         labels += [label] * n_per_class
     return arrays_dls(imgs, labels, bs=bs, valid_pct=valid_pct, seed=seed,
@@ -77,3 +83,106 @@ def small_cnn(
     "A small convolutional classifier from fastai layers, quick to train on a CPU"
     return nn.Sequential(ConvLayer(n_in, nf, stride=2), ConvLayer(nf, nf*2, stride=2), ConvLayer(nf*2, nf*4, stride=2),
                          nn.AdaptiveAvgPool2d(1), Flatten(), nn.Linear(nf*4, n_out))
+
+# %% ../nbs/02_data.ipynb #be1ca2a6
+SHAPE_CODES = ('background', 'disk', 'square', 'triangle')
+
+def shapes_seg(
+    n:int=256, # Number of images
+    size:int=64, # Side of the images
+    max_shapes:int=3, # Each image gets 1 to `max_shapes` shapes
+    seed:int=0 # Random seed: the same seed gives the same images
+)->tuple:
+    "`n` images of disks, squares and triangles of random colours on crops of scikit-image photos, `(n, size, size, 3)` uint8, and their masks, `(n, size, size)` with codes `SHAPE_CODES`"
+    draw = _skimage('draw')
+    rng = np.random.default_rng(seed)
+    photos = [getattr(_skimage('data'), name)() for name in PHOTOS.values()]
+    imgs, masks = np.empty((n, size, size, 3), np.uint8), np.zeros((n, size, size), np.uint8)
+    for i in range(n):
+        photo = photos[rng.integers(len(photos))]
+        k = int(rng.integers(1, min(photo.shape[:2])//size + 1))  # a crop of side k*size, subsampled by k
+        r, c = rng.integers(0, photo.shape[0]-k*size+1), rng.integers(0, photo.shape[1]-k*size+1)
+        imgs[i] = photo[r:r+k*size:k, c:c+k*size:k]
+        for _ in range(rng.integers(1, max_shapes+1)):
+            code, h = int(rng.integers(1, 4)), int(rng.integers(size//10, size//4))
+            cy, cx = rng.integers(h, size-h, 2)
+            if code == 1: rr, cc = draw.disk((cy, cx), h, shape=(size, size))
+            elif code == 2: rr, cc = draw.rectangle((cy-h, cx-h), extent=(2*h, 2*h), shape=(size, size))
+            else: rr, cc = draw.polygon([cy-h, cy+h, cy+h], [cx, cx-h, cx+h], shape=(size, size))
+            imgs[i, rr, cc] = rng.integers(0, 256, 3)
+            masks[i, rr, cc] = code
+    return imgs, masks
+
+# %% ../nbs/02_data.ipynb #6629f4b1
+def shapes_dls(
+    n:int=256, # Number of images
+    size:int=64, # Side of the images
+    bs:int=16, # Batch size
+    valid_pct:float=0.2, # Fraction held out for validation
+    seed:int=42, # Seed of the images and of the split
+    **kwargs # Passed to `DataBlock.dataloaders`
+)->DataLoaders:
+    "Segmentation `DataLoaders` of `shapes_seg`, with fastai's `ImageBlock` and `MaskBlock`"
+    imgs, masks = shapes_seg(n, size, seed=seed)
+    items = [(PILImage.create(i), PILMask.create(m)) for i,m in zip(imgs, masks)]
+    dblock = DataBlock(blocks=(ImageBlock, MaskBlock(SHAPE_CODES)), get_x=ItemGetter(0), get_y=ItemGetter(1),
+                       splitter=RandomSplitter(valid_pct, seed=seed), batch_tfms=Normalize.from_stats(*imagenet_stats))
+    return dblock.dataloaders(items, bs=bs, **kwargs)
+
+# %% ../nbs/02_data.ipynb #84d9de1c
+def show_seg(
+    xb:Tensor, # Images `(bs, 3, H, W)`, as they come out of `dls`
+    yb:Tensor, # Masks `(bs, H, W)`
+    dls:DataLoaders, # Decodes the images (e.g. undoes `Normalize`)
+    n:int=6, # How many pairs to show
+    titles:list|None=None, # A title per image
+    figsize:tuple|None=None # Default: 2 inches per pair
+):
+    "Show `n` images above their masks, each mask code in its own colour"
+    xb, yb = dls.decode((TensorImage(xb[:n]), TensorMask(yb[:n])))
+    _, axs = plt.subplots(2, n, figsize=figsize or (2*n, 4.2), squeeze=False)
+    for i in range(n):
+        x = xb[i].permute(1, 2, 0).as_subclass(Tensor)
+        axs[0, i].imshow(x.clamp(0, 1) if x.is_floating_point() else x.byte())  # fastai decodes images to 0..255
+        axs[1, i].imshow(yb[i], cmap='tab10', vmin=0, vmax=9, interpolation='nearest')
+        if titles is not None: axs[0, i].set_title(titles[i], fontsize=9)
+    for ax in axs.flat: ax.axis('off')
+    plt.tight_layout()
+
+# %% ../nbs/02_data.ipynb #831e5740
+SIGNAL_CLASSES = ('sine', 'square', 'sawtooth', 'pulses', 'chirp')
+
+def synth_signals(
+    n:int=1000, # Number of signals
+    length:int=128, # Samples per signal
+    noise:float=0.5, # Standard deviation of the added Gaussian noise
+    seed:int=0 # Random seed
+)->tuple:
+    "`n` noisy waveforms `(n, 1, length)` float32, with random frequency, phase, amplitude and offset, and their classes `(n,)` (indices into `SIGNAL_CLASSES`)"
+    rng = np.random.default_rng(seed)
+    y = rng.integers(len(SIGNAL_CLASSES), size=n)
+    t = np.linspace(0, 1, length, endpoint=False)
+    f, ph = rng.uniform(1.5, 6, (n, 1)), rng.uniform(0, 1, (n, 1))
+    cyc = f*t + ph  # cycles elapsed
+    waves = np.stack([np.sin(2*np.pi*cyc), np.sign(np.sin(2*np.pi*cyc)), 2*(cyc % 1)-1,
+                      np.where(cyc % 1 < 0.2, 1., -0.25), np.sin(2*np.pi*(f*t + 1.5*f*t**2 + ph))])
+    x = waves[y, np.arange(n)] * rng.uniform(0.5, 1.5, (n, 1)) + rng.uniform(-0.5, 0.5, (n, 1))
+    x += rng.normal(0, noise, x.shape)
+    return torch.tensor(x[:, None], dtype=torch.float32), torch.tensor(y)
+
+# %% ../nbs/02_data.ipynb #4b518f31
+def signals_dls(
+    n:int=1000, # Number of signals
+    length:int=128, # Samples per signal
+    noise:float=0.5, # Standard deviation of the noise
+    bs:int=64, # Batch size
+    valid_pct:float=0.2, # Fraction held out for validation
+    seed:int=42, # Random seed
+    **kwargs # Passed to `DataLoaders.from_dsets`
+)->DataLoaders:
+    "Classification `DataLoaders` of `synth_signals`: batches of `(bs, 1, length)` signals and class indices"
+    x, y = synth_signals(n, length, noise, seed)
+    n_valid = int(n*valid_pct)
+    dls = DataLoaders.from_dsets(list(zip(x[n_valid:], y[n_valid:])), list(zip(x[:n_valid], y[:n_valid])), bs=bs, **kwargs)
+    dls.vocab, dls.c = list(SIGNAL_CLASSES), len(SIGNAL_CLASSES)
+    return dls

@@ -4,31 +4,44 @@
 
 # %% ../nbs/05_train.ipynb #53d02e29
 from __future__ import annotations
+import importlib
 from fastai.vision.all import *
-from fastcore.script import call_parse, Param
+from fastcore.script import call_parse
 from .mixup import *
-from .friends import CutMixUp
 from .data import *
 
 # %% auto #0
-__all__ = ['MIXERS', 'make_mixer', 'train', 'main']
+__all__ = ['mixers', 'make_mixer', 'train', 'main']
 
 # %% ../nbs/05_train.ipynb #b01f8e76
-MIXERS = dict(none=None, mixup=MixUp, cutmix=CutMix, cutmixup=CutMixUp)
+def mixers()->dict:
+    "Every mixing callback loaded so far, by its lower-case class name: `MixHandler`'s subclasses, yours included"
+    found, todo = {}, [MixHandler]
+    while todo:
+        for c in todo.pop().__subclasses__():
+            todo.append(c)
+            if not c.__name__.startswith('_'): found.setdefault(c.__name__.lower(), c)
+    return found
 
 def make_mixer(
-    mix:str='mixup', # 'mixup', 'cutmix', 'cutmixup' or 'none'
+    mix:str='mixup', # 'none', a callback's name in any case ('mixup', 'cutmix', 'cutmixup', ...), or `module.Class` for your own
     alpha:float|None=None # Beta concentration, the callback's first argument (None: its default)
 )->MixHandler|None:
     "The mixing callback called `mix`, or None for no mixing"
-    if mix not in MIXERS: raise ValueError(f"unknown mix {mix!r}: choose one of {', '.join(MIXERS)}")
-    cls = MIXERS[mix]
-    if cls is None: return None
+    if mix == 'none': return None
+    if '.' in mix:  # your own callback, from its module
+        mod, _, name = mix.rpartition('.')
+        cls = getattr(importlib.import_module(mod), name, None)
+        if not (isinstance(cls, type) and issubclass(cls, MixHandler)): raise ValueError(f"{mix!r} is not a `MixHandler` subclass")
+    else:
+        found = mixers()
+        if mix.lower() not in found: raise ValueError(f"unknown mix {mix!r}: choose 'none', one of {', '.join(sorted(found))}, or `module.Class`")
+        cls = found[mix.lower()]
     return cls() if alpha is None else cls(alpha)
 
 # %% ../nbs/05_train.ipynb #29ff679c
 def train(
-    mix:str='mixup', # 'mixup', 'cutmix', 'cutmixup' or 'none'
+    mix:str='mixup', # A mixing callback's name (see `make_mixer`), or 'none'
     alpha:float|None=None, # Beta concentration (None: the callback's default)
     epochs:int=8, # Epochs of `fit_one_cycle`
     lr:float=1e-2, # Maximum learning rate
@@ -50,7 +63,7 @@ def train(
 # %% ../nbs/05_train.ipynb #641483ec
 @call_parse
 def main(
-    mix:str='mixup', # 'mixup', 'cutmix', 'cutmixup' or 'none'
+    mix:str='mixup', # A mixing callback's name (see `make_mixer`), or 'none'
     alpha:float=None, # Beta concentration (default: the callback's)
     epochs:int=8, # Epochs of one-cycle training
     lr:float=1e-2, # Maximum learning rate
