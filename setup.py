@@ -25,7 +25,10 @@ requirements = shlex.split(cfg.get('requirements', ''))
 if cfg.get('pip_requirements'): requirements += shlex.split(cfg.get('pip_requirements', ''))
 min_python = cfg['min_python']
 lic = licenses.get(cfg['license'].lower(), (cfg['license'], None))
-dev_requirements = (cfg.get('dev_requirements') or '').split()
+extra = lambda k: shlex.split(cfg.get(k, ''))
+examples_requirements, test_requirements = extra('examples_requirements'), extra('test_requirements')
+# the exact versions of the development toolchain are in tools/constraints.txt, never here
+dev_requirements = extra('dev_requirements') + test_requirements + examples_requirements
 
 package_data = dict()
 pkg_data = cfg.get('package_data', None)
@@ -44,7 +47,8 @@ setuptools.setup(
     packages = setuptools.find_packages(include=[cfg['lib_name'], cfg['lib_name']+'.*']),
     include_package_data = True,
     install_requires = requirements,
-    extras_require={ 'dev': dev_requirements },
+    extras_require={'examples': examples_requirements, 'test': test_requirements + examples_requirements,
+                    'dev': dev_requirements},
     dependency_links = cfg.get('dep_links','').split(),
     python_requires  = '>=' + cfg['min_python'],
     long_description = open('README.md', encoding='utf-8').read(),

@@ -2,9 +2,9 @@
 
 Usage: python tools/browser_test.py [--docs _docs] [--shots _artifacts/docs]   (build first: bash tools/build_docs.sh)
 
-The expected pages, titles, sidebar and API entries come from the notebooks and from mixup_nbdev/_modidx.py, so
-new notebooks and symbols are checked with no change here. For each page it checks: the title, the sidebar (every
-notebook, by title, in order), a table of contents, every exported symbol's heading with its parameters, every
+The expected pages, titles and API entries come from the notebooks and from mixup_nbdev/_modidx.py, so new notebooks
+and symbols are checked with no change here; the sidebar comes from nbs/_quarto.yml, which must list every notebook.
+For each page it checks: the title, the sidebar (its sections and every notebook, by title, in order), a table of contents, every exported symbol's heading with its parameters, every
 picture loaded, no raw `#|` directives, `show_doc(` calls or Python warnings in outputs, no console errors or failed requests, and that every
 link to a page of the site (and its #anchor) exists. Search is checked by typing each symbol's name in the search box.
 Screenshots go to --shots (the first screen, and the whole page). Chromium is driven over the DevTools
@@ -20,8 +20,6 @@ from urllib.parse import unquote, urlsplit
 from websockets.sync.client import connect
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).parent))
-from build_docs import sidebar_contents
 FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
          '--disable-sync', '--no-first-run', '--disable-dev-shm-usage', '--hide-scrollbars', '--remote-debugging-port=0']
 W, H = 1400, 900  # wide enough for Quarto's three columns: sidebar, page, table of contents
@@ -36,10 +34,12 @@ def expected(docs):
     from nbdev.frontmatter import _md2dict
     from execnb.nbio import read_nb
     cfg = get_config()
-    nbs = sorted(nbglob(as_path=True), key=lambda p: (p.stem != 'index', str(p.relative_to(cfg.nbs_path))))
-    flat = lambda items: [x for i in items for x in ([i['section'], *flat(i['contents'])] if isinstance(i, dict) else [i])]
-    order = flat(sidebar_contents(nbs))  # what the sidebar shows: the home page, the Tutorials section, the rest
-    sections, nbs = [i for i in order if isinstance(i, str)], [i for i in order if not isinstance(i, str)]
+    order = sidebar_spec(cfg.nbs_path)  # what the sidebar shows: section titles and notebooks, as nbs/_quarto.yml lists them
+    nbs = [i for i in order if not isinstance(i, str)]
+    found = {p.resolve() for p in nbglob(as_path=True)}
+    unlisted = sorted(str(p.relative_to(cfg.nbs_path)) for p in found - set(nbs))
+    if unlisted: raise SystemExit(f"notebooks missing from the sidebar, so no reader would find their pages: {unlisted}; "
+                                  "add them to website.sidebar.contents in nbs/_quarto.yml")
     pages = {}
     for nb in nbs:
         md = next((c.source for c in read_nb(nb).cells if c.cell_type == 'markdown' and c.source.lstrip().startswith('# ')), None)
@@ -62,6 +62,26 @@ def expected(docs):
     sidebar = [(pages[_nbpath2html(i.relative_to(cfg.nbs_path)).as_posix()]['title'], _nbpath2html(i).name) if not isinstance(i, str)
                else (i, '') for i in order]
     return pages, symbols, sidebar
+
+
+def sidebar_spec(nbs_path):
+    "The sidebar that nbs/_quarto.yml declares, flattened: section titles (str) and notebooks (absolute Paths), in order"
+    import yaml
+    y = yaml.safe_load((nbs_path / '_quarto.yml').read_text()) or {}
+    items = ((y.get('website') or {}).get('sidebar') or {}).get('contents')
+    if not items: raise SystemExit("nbs/_quarto.yml declares no website.sidebar.contents: list the notebooks there, in sections")
+    def walk(items):
+        for i in (items if isinstance(items, list) else [items]):
+            if isinstance(i, dict) and 'section' in i:
+                yield i['section']; yield from walk(i.get('contents', []))
+                continue
+            href = i.get('href') if isinstance(i, dict) else i
+            if not isinstance(href, str): raise SystemExit(f"nbs/_quarto.yml sidebar: {i!r} is neither a page, a glob nor a section")
+            paths = sorted(nbs_path.glob(href)) if '*' in href else [nbs_path / href]
+            for p in paths:
+                if not p.exists(): raise SystemExit(f"nbs/_quarto.yml sidebar lists {href}, which does not exist: fix the path or remove it")
+                yield p.resolve()
+    return list(walk(items))
 
 
 def _has_images(nb):

@@ -35,34 +35,11 @@ def code_cells_run_by_docs():
 def use_quarto(): return bool(shutil.which('quarto')) and not os.environ.get('DOCS_OFFLINE')
 
 
-def is_tutorial(nb): return 'tutorial' in Path(nb).stem
-
-
-def sidebar_contents(files):
-    "The sidebar, from nbdev's list of notebooks (index first, then by name): the home page, a Tutorials section, the rest."
-    tuts = [f for f in files if is_tutorial(f)]
-    rest = [f for f in files if not is_tutorial(f)]
-    return rest[:1] + ([{'section': 'Tutorials', 'contents': tuts}] if tuts else []) + rest[1:]
-
-
-def group_tutorials(*paths):
-    "Rewrite nbdev's flat sidebar.yml (in nbs/ and _proc/) with the tutorials, the notebooks named `*tutorial*`, in a section."
-    import yaml
-    for p in paths:
-        if not p.exists(): continue
-        y = yaml.safe_load(p.read_text())
-        items = y['website']['sidebar']['contents']
-        if all(isinstance(i, str) for i in items):
-            y['website']['sidebar']['contents'] = sidebar_contents(items)
-            p.write_text(yaml.dump(y, sort_keys=False))
-
-
 def process(n_workers=2):
-    "nbdev's `_pre_docs` (nbdev.yml, _modidx.py, sidebar.yml, _proc/), without its attempt to install Quarto."
+    "nbdev's `_pre_docs` (nbdev.yml, _modidx.py, _proc/), without its attempt to install Quarto. The sidebar is nbs/_quarto.yml's."
     nq._ensure_quarto = lambda: None  # it would try `sudo` and then `pip install -e .`
     # force: nbdev's cache compares notebooks with the time of the last build, so a notebook saved during a build stays stale
     cache, cfg, path = nq._pre_docs(n_workers=n_workers, force=True)
-    group_tutorials(path/'sidebar.yml', cache/'sidebar.yml')
     return cache, cfg
 
 
