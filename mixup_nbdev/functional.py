@@ -359,7 +359,7 @@ def mix_loss(
     w0 = _loss_weights(loss_func, yb[0]) if red == 'mean' else None
     if w0 is None: return reduce_loss(l, red)
     # a weighted or ignoring 'mean' divides by the targets' total weight: mixed with the same λ as the losses
-    return l.sum() / mix(w0.view_as(l0), _loss_weights(loss_func, yb1[0]).view_as(l0)).sum()
+    return (l.sum() / mix(w0.view_as(l0), _loss_weights(loss_func, yb1[0]).view_as(l0)).sum()).to(l.dtype)
 
 # %% ../nbs/00_functional.ipynb #1b741836
 def rand_box(
