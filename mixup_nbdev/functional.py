@@ -13,10 +13,10 @@ from torch import Tensor, nn
 from torch.distributions import Beta
 
 # %% auto #0
-__all__ = ['check_alpha', 'check_prob', 'check_flag', 'sample_lam', 'draw_shift', 'DrawAhead', 'partner', 'mix_tensor', 'Mixed',
-           'mix_targets', 'mixup_batch', 'reduce_loss', 'none_reduce', 'mix_loss', 'rand_box', 'box_lam', 'paste_box',
-           'box_sides', 'box_mask', 'rand_boxes', 'draw_boxes', 'paste_mask', 'mask_lam', 'mix_by_mask', 'cutmix_batch',
-           'cutmixup_batch']
+__all__ = ['check_alpha', 'check_prob', 'check_flag', 'sample_lam', 'draw_shift', 'DrawAhead', 'partner', 'LabelKernel',
+           'check_pairing', 'draw_partners', 'mix_tensor', 'Mixed', 'mix_targets', 'mixup_batch', 'reduce_loss',
+           'none_reduce', 'mix_loss', 'rand_box', 'box_lam', 'paste_box', 'box_sides', 'box_mask', 'rand_boxes',
+           'draw_boxes', 'paste_mask', 'mask_lam', 'mix_by_mask', 'cutmix_batch', 'cutmixup_batch']
 
 # %% ../nbs/00_functional.ipynb #826a7c60
 def check_alpha(
@@ -136,14 +136,65 @@ def _like(out:Tensor, t:Tensor)->Tensor:
     res.__dict__.update(getattr(t, '__dict__', {}))
     return res
 
+def _mixes(shift)->bool:
+    "Does `shift` pair samples with others (a batch of one has offset 0, and is left as it is)?"
+    return isinstance(shift, Tensor) or shift != 0
+
 def partner(
     t:Tensor, # A batch
-    shift:int # Partner offset from `draw_shift`
+    shift:int|Tensor # Partner offset from `draw_shift`, or each sample's partner index from `draw_partners`
 )->Tensor:
-    "The partners of the samples in `t`: row `i` holds row `(i+shift) % bs`"
-    return _partner(t, _plain(t), shift) if shift else t
+    "The partners of the samples in `t`: row `i` holds row `(i+shift) % bs`, or row `shift[i]`"
+    return _partner(t, _plain(t), shift) if _mixes(shift) else t
 
-def _partner(t, tp, shift): return _like(tp.roll(-shift, 0), t)  # `tp`: `t` as a plain tensor
+def _partner(t, tp, shift): return _like(tp[shift] if isinstance(shift, Tensor) else tp.roll(-shift, 0), t)  # `tp`: `t` as a plain tensor
+
+# %% ../nbs/00_functional.ipynb #15b351e0
+class LabelKernel:
+    "C-Mixup's pairing for regression (https://arxiv.org/abs/2210.05775): partner `j` of sample `i` drawn with probability ∝ exp(-‖y_i - y_j‖² / 2·bandwidth²)"
+    def __init__(self,
+        bandwidth:float # Width of the Gaussian kernel, in the targets' units: small pairs near labels only
+    ):
+        if isinstance(bandwidth, bool) or not isinstance(bandwidth, numbers.Real) or not 0 < bandwidth < math.inf:
+            raise ValueError(f"`bandwidth` must be a finite number > 0 (the kernel's width, in the targets' units), got {bandwidth!r}")
+        self.bandwidth = float(bandwidth)
+    def __call__(self, y:Tensor)->Tensor:
+        "Log-weights `(bs, bs)` of each pair, from the regression targets `y`, `(bs,)` or `(bs, k)`"
+        y = _plain(y).float().reshape(y.shape[0], -1)
+        return -torch.cdist(y, y).square() / (2*self.bandwidth**2)
+    def __repr__(self): return f'LabelKernel({self.bandwidth})'
+
+def _classes(y:Tensor)->Tensor:
+    "Class indices from class-index or one-hot (or soft) targets"
+    yp = _plain(y)
+    if yp.ndim == 1 and not torch.is_floating_point(yp): return yp
+    if yp.ndim == 2: return yp.argmax(1)
+    raise ValueError(f"pairing by class needs class indices (bs,) or one-hot targets (bs, n_classes), got a {yp.dtype} target of shape {tuple(yp.shape)}: "
+                     "use pairing='random', or `LabelKernel` for regression targets")
+
+def check_pairing(
+    pairing:str|LabelKernel # 'random', 'same_class', 'other_class' or a `LabelKernel`
+)->str|LabelKernel:
+    "Return `pairing`, or raise a clear error if it is not one of the ways to pair samples"
+    if isinstance(pairing, LabelKernel) or pairing in ('random', 'same_class', 'other_class'): return pairing
+    raise ValueError(f"`pairing` must be 'random', 'same_class', 'other_class' or a `LabelKernel(bandwidth)`, got {pairing!r}")
+
+def draw_partners(
+    y:Tensor, # The first target of the batch: class indices, one-hot, or regression targets for a `LabelKernel`
+    pairing:str|LabelKernel # 'same_class', 'other_class' or a `LabelKernel`
+)->tuple:
+    "Each sample's partner index, drawn among the eligible samples (never itself) on `y`'s device with no host-device sync; a sample with none is paired with itself"
+    bs, dev = y.shape[0], y.device
+    if isinstance(pairing, LabelKernel): logw = pairing(y)
+    else:
+        c = _classes(y)
+        same = c[:, None] == c[None]
+        logw = torch.zeros(bs, bs, device=dev).masked_fill_(~same if pairing == 'same_class' else same, -math.inf)
+    logw.diagonal().fill_(-math.inf)  # never itself
+    # Gumbel-max: an argmax per row draws `j` with probability ∝ exp(logw[i, j]), vectorised
+    g = logw - torch.empty_like(logw).exponential_().log_()
+    best, idx = g.max(1)
+    return torch.where(best == -math.inf, torch.arange(bs, device=dev), idx)
 
 # %% ../nbs/00_functional.ipynb #51525af0
 def _bcast(lam, t:Tensor):
@@ -171,19 +222,20 @@ def _mix_plain(t, tp, lam, shift):
 def mix_tensor(
     x:Tensor, # A batch, `(bs, ...)`, floating point
     lam:Tensor, # One weight per sample, `(bs,)`
-    shift:int # Partner offset from `draw_shift`
+    shift:int|Tensor # Partner offset from `draw_shift`, or each sample's partner index from `draw_partners`
 )->Tensor:
     "`lam*x + (1-lam)*partner(x, shift)`, reading `x` once and writing the result once"
     xp = _plain(x)
     _check_float(xp)
-    return _mix_plain(x, xp, lam, shift) if shift else x
+    return _mix_plain(x, xp, lam, shift) if _mixes(shift) else x
 
 def _lerp_partner(
     xp:Tensor, # A plain batch, floating point
     w:Tensor, # Weight of each sample's (or element's) own value, broadcastable to `xp`
-    shift:int # Partner offset, > 0
+    shift:int|Tensor # Partner offset, > 0, or partner index
 )->Tensor:
     "`w*xp + (1-w)*partner(xp, shift)` in two `lerp`s (rows that wrap around, and the others), with no gathered copy"
+    if isinstance(shift, Tensor): return torch.lerp(xp[shift], xp, w)
     n = xp.shape[0]-shift
     if xp.requires_grad: return torch.cat([torch.lerp(xp[shift:], xp[:n], w[:n]), torch.lerp(xp[:shift], xp[n:], w[n:])])
     out = torch.empty_like(xp)
@@ -193,7 +245,7 @@ def _lerp_partner(
 
 # %% ../nbs/00_functional.ipynb #8ce2d440
 class Mixed(NamedTuple):
-    "A mixed batch: inputs `xb`, targets `yb`, partners' targets `yb1` (None when the targets were mixed or need no mixing), `lam` and the partner `shift`"
+    "A mixed batch: inputs `xb`, targets `yb`, partners' targets `yb1` (None when the targets were mixed or need no mixing), `lam` and the partners, `shift` (an offset, or each sample's partner index)"
     xb:tuple
     yb:tuple
     yb1:tuple|None
@@ -203,6 +255,7 @@ class Mixed(NamedTuple):
     @property
     def perm(self)->Tensor:
         "Index of each sample's partner: the mixed batch is `lam*x + (1-lam)*x[perm]`"
+        if isinstance(self.shift, Tensor): return self.shift
         bs = self.xb[0].shape[0]
         return (torch.arange(bs, device=self.xb[0].device) + self.shift) % bs
 
@@ -227,6 +280,18 @@ def _batch(xb, yb)->tuple:
                 "(interpolated coordinates point between two objects; a pasted box would have to move, clip or drop them). "
                 "Train detection and keypoint models without a mixing callback")
     return xs, ys, tuple(map(_plain, xs)), tuple(map(_plain, ys))
+
+def _pairs(pairing, ys:tuple, bs:int):
+    "The partners: a random offset for 'random' pairing, else each sample's partner index from the first target"
+    if pairing == 'random' or bs < 2: return draw_shift(bs)
+    if not ys: raise ValueError(f"pairing={pairing!r} pairs samples by their targets, but the batch has none")
+    return draw_partners(ys[0], pairing)
+
+def _selfless(lam, shift):
+    "`lam` with 1 for the samples paired with themselves (none was eligible): they are left unmixed"
+    if not isinstance(shift, Tensor): return lam
+    alone = shift == torch.arange(len(shift), device=shift.device)
+    return torch.where(alone, 1., lam if isinstance(lam, Tensor) else torch.full(alone.shape, float(lam), device=shift.device))
 
 def _spatial(tp:Tensor, bs:int, size:tuple)->bool:
     "Does `tp` hold `bs` samples whose last dimensions are `size` (an input to paste into, or a mask)?"
@@ -275,17 +340,19 @@ def mixup_batch(
     alpha:float=.4, # Concentration of `Beta(alpha, alpha)`: finite, > 0
     p:float=1., # Chance that a sample is mixed at all
     y_int:bool=True, # True: keep the partners' targets for `mix_loss`; False: interpolate the (float) targets
-    draws:DrawAhead|None=None # Take λ from these draws made ahead (the callbacks' way); default: draw for this batch
+    draws:DrawAhead|None=None, # Take λ from these draws made ahead (the callbacks' way); default: draw for this batch
+    pairing:str|LabelKernel='random' # Who is paired with whom: 'random', 'same_class', 'other_class' or a `LabelKernel`
 )->Mixed:
     "MixUp (https://arxiv.org/abs/1710.09412) of a batch: each sample keeps `lam>=0.5` of itself and takes the rest from its partner"
-    alpha, p = check_alpha(alpha), check_prob(p)  # a bad alpha would give NaN λ, silently
+    alpha, p, pairing = check_alpha(alpha), check_prob(p), check_pairing(pairing)  # a bad alpha would give NaN λ, silently
     # plain tensors, once each: each attribute of a fastai `TensorImage` costs a `__torch_function__` call
     xs, ys, xps, _ = _batch(xb, yb)
     x0 = xps[0]; bs, dev = x0.shape[0], x0.device
     _check_float(x0)
-    shift = draw_shift(bs)
+    shift = _pairs(pairing, ys, bs)
     lam = _draw(draws, sample_lam, bs, alpha, device=dev, larger=True, p=p)
-    if not shift: return Mixed(xs, ys, None, torch.ones(bs, device=dev), 0)
+    if not _mixes(shift): return Mixed(xs, ys, None, torch.ones(bs, device=dev), 0)
+    lam = _selfless(lam, shift)
     res = mix_targets(ys, tuple(partner(y, shift) for y in ys), lam, y_int)
     return res._replace(xb=tuple(_mix_plain(x, xp, lam, shift) if _blendable(xp, bs) else x for x, xp in zip(xs, xps)), shift=shift)
 
@@ -409,12 +476,14 @@ def _rotate_rows(
 def paste_box(
     x:Tensor, # A batch whose last dimensions are the box's `size`
     box:tuple, # Slices from `rand_box`
-    shift:int, # Partner offset from `draw_shift`
+    shift:int|Tensor, # Partner offset from `draw_shift`, or each sample's partner index from `draw_partners`
     inplace:bool=False # Write into `x` (no copy of the batch); else into a copy
 )->Tensor:
     "Copy the partners' `box` into each sample of `x`"
     out = x if inplace else _like(_plain(x).clone(), x)
-    _rotate_rows(_plain(out)[(...,) + box], shift)
+    v = _plain(out)[(...,) + box]
+    if isinstance(shift, Tensor): v.copy_(v[shift])
+    else: _rotate_rows(v, shift)
     return out
 
 # %% ../nbs/00_functional.ipynb #b0fbc2ae
@@ -476,7 +545,7 @@ def draw_boxes(
 def paste_mask(
     x:Tensor, # A batch whose last dimensions are the mask's spatial size
     mask:Tensor, # `(bs, *size)` boolean mask, True where the partner's value is taken
-    shift:int, # Partner offset from `draw_shift`
+    shift:int|Tensor, # Partner offset from `draw_shift`, or each sample's partner index from `draw_partners`
     base:Tensor|None=None # Where `mask` is False take this batch's value instead of `x`'s (e.g. `x` already blended)
 )->Tensor:
     "Where `mask` is True take the partner's value: a new batch, written once, with no gathered copy"
@@ -485,8 +554,9 @@ def paste_mask(
 
 def _where_partner(xp, mask, shift, base):
     "`paste_mask` of plain tensors"
-    n = xp.shape[0]-shift
     m = mask.view(mask.shape[0], *[1]*(xp.ndim-mask.ndim), *mask.shape[1:])
+    if isinstance(shift, Tensor): return torch.where(m, xp[shift], base)
+    n = xp.shape[0]-shift
     out = torch.empty_like(base)
     torch.where(m[:n], xp[shift:], base[:n], out=out[:n])
     torch.where(m[n:], xp[:shift], base[n:], out=out[n:])
@@ -502,6 +572,7 @@ def mask_lam(
 def _paste_batch(xs, ys, xps, yps, size, paste, lam, shift, y_int, mask_targets)->Mixed:
     "Paste into every input with spatial size `size`, and into the mask targets, with `paste(t, tp)`; keep or mix the other targets"
     bs = xps[0].shape[0]
+    lam = _selfless(lam, shift)
     masks = _mask_targets(ys, yps, size, mask_targets)
     xs = tuple(paste(x, xp) if _spatial(xp, bs, size) else x for x, xp in zip(xs, xps))
     # masks get the inputs' pastes, so each pixel has its own class: they need no mixing
@@ -519,7 +590,7 @@ def mix_by_mask(
     xb:Tensor|tuple, # Inputs `(bs, C, *size)`: a tensor, or a tuple of them
     yb:Tensor|tuple, # Targets: a tensor, or a tuple of them
     mask:Tensor, # `(bs, *size)` boolean mask, True where each sample takes its partner's value
-    shift:int, # Partner offset from `draw_shift`
+    shift:int|Tensor, # Partner offset from `draw_shift`, or each sample's partner index from `draw_partners`
     y_int:bool=True, # True: keep the partners' targets for `mix_loss`; False: interpolate the (float) targets
     mask_targets:bool|tuple|None=None, # Targets to paste like the inputs: None, fastai's `TensorMask`s; True, all with the inputs' spatial size; or their indices
     lam:Tensor|None=None # Each sample's kept fraction when already known; default `mask_lam(mask)`
@@ -527,7 +598,7 @@ def mix_by_mask(
     "Mix a batch by a mask: every input with the mask's spatial size, and every mask target, takes the partners' values where `mask` is True; `lam` is the exact fraction kept"
     xs, ys, xps, yps = _batch(xb, yb)
     if lam is None: lam = mask_lam(mask)
-    if not shift: return Mixed(xs, ys, None, torch.ones_like(lam), 0)
+    if not _mixes(shift): return Mixed(xs, ys, None, torch.ones_like(lam), 0)
     return _paste_batch(xs, ys, xps, yps, tuple(mask.shape[1:]), _mask_paste(mask, shift), lam, shift, y_int, mask_targets)
 
 # %% ../nbs/00_functional.ipynb #68a90c27
@@ -546,13 +617,14 @@ def cutmix_batch(
     y_int:bool=True, # True: keep the partners' targets for `mix_loss`; False: interpolate the (float) targets
     inplace:bool=False, # Batch-level box only: paste into the given tensors instead of copies
     draws:DrawAhead|None=None, # Per-sample boxes only: take λ and the boxes from these draws made ahead; default: draw for this batch
-    mask_targets:bool|tuple|None=None # Targets to paste like the inputs: None, fastai's `TensorMask`s; True, all with the inputs' spatial size; or their indices
+    mask_targets:bool|tuple|None=None, # Targets to paste like the inputs: None, fastai's `TensorMask`s; True, all with the inputs' spatial size; or their indices
+    pairing:str|LabelKernel='random' # Who is paired with whom: 'random', 'same_class', 'other_class' or a `LabelKernel`
 )->Mixed:
     "CutMix (https://arxiv.org/abs/1905.04899): paste a box from each sample's partner; `lam` is the exact fraction each sample kept"
-    alpha, p, per_sample = check_alpha(alpha), check_prob(p), check_flag(per_sample, 'per_sample')
+    alpha, p, per_sample, pairing = check_alpha(alpha), check_prob(p), check_flag(per_sample, 'per_sample'), check_pairing(pairing)
     xs, ys, xps, yps = _batch(xb, yb)  # plain tensors once each, as in `mixup_batch`
     x0 = xps[0]; bs, size = x0.shape[0], _spatial_size(x0, 'CutMix')
-    shift = draw_shift(bs)
+    shift = _pairs(pairing, ys, bs)
     if per_sample:
         inside, lam = _draw(draws, draw_boxes, bs, size, alpha, device=x0.device, p=p)
         paste = _mask_paste(box_mask(inside, size), shift)
@@ -563,7 +635,7 @@ def cutmix_batch(
         def paste(t, tp):
             out = paste_box(tp, box, shift, inplace)
             return t if inplace else _like(out, t)
-    if not shift: return Mixed(xs, ys, None, torch.ones(bs, device=x0.device) if per_sample else 1., 0)
+    if not _mixes(shift): return Mixed(xs, ys, None, torch.ones(bs, device=x0.device) if per_sample else 1., 0)
     return _paste_batch(xs, ys, xps, yps, size, paste, lam, shift, y_int, mask_targets)
 
 # %% ../nbs/00_functional.ipynb #3b8d08b3
@@ -583,22 +655,24 @@ def cutmixup_batch(
     y_int:bool=True, # True: keep the partners' targets for `mix_loss`; False: interpolate the (float) targets
     inplace:bool=False, # Batch-level CutMix only: paste into the given tensors instead of copies
     draws:DrawAhead|None=None, # Take λ (and per-sample boxes) from these draws made ahead; default: draw for this batch
-    mask_targets:bool|tuple|None=None # Targets to paste like the inputs: None, fastai's `TensorMask`s; True, all with the inputs' spatial size; or their indices
+    mask_targets:bool|tuple|None=None, # Targets to paste like the inputs: None, fastai's `TensorMask`s; True, all with the inputs' spatial size; or their indices
+    pairing:str|LabelKernel='random' # Who is paired with whom: 'random', 'same_class', 'other_class' or a `LabelKernel`
 )->Mixed:
     "CutMix with probability `switch_prob`, else MixUp, each with its own λ rules, for the whole batch or for each sample"
     mixup_alpha, cutmix_alpha = check_alpha(mixup_alpha, 'mixup_alpha'), check_alpha(cutmix_alpha, 'cutmix_alpha')
     switch_prob, p, per_sample = check_prob(switch_prob, 'switch_prob'), check_prob(p), check_flag(per_sample, 'per_sample')
+    pairing = check_pairing(pairing)
     xs, ys, xps, yps = _batch(xb, yb)
     x0 = xps[0]; bs, size = x0.shape[0], _spatial_size(x0, 'CutMixUp')
     _check_float(x0, 'CutMixUp')
     if not per_sample:
         if random.random() >= p: return Mixed(xs, ys, None, 1., 0)
-        if random.random() < switch_prob: return cutmix_batch(xs, ys, cutmix_alpha, False, 1., y_int, inplace, mask_targets=mask_targets)
-        return mixup_batch(xs, ys, mixup_alpha, 1., y_int, draws)
-    shift = draw_shift(bs)
+        if random.random() < switch_prob: return cutmix_batch(xs, ys, cutmix_alpha, False, 1., y_int, inplace, mask_targets=mask_targets, pairing=pairing)
+        return mixup_batch(xs, ys, mixup_alpha, 1., y_int, draws, pairing)
+    shift = _pairs(pairing, ys, bs)
     cut, lam_mix, inside, kept = _draw(draws, _draw_cutmixup, bs, size, mixup_alpha, cutmix_alpha, switch_prob, device=x0.device, p=p)
-    if not shift: return Mixed(xs, ys, None, torch.ones(bs, device=x0.device), 0)
-    lam = torch.where(cut, kept, lam_mix)
+    if not _mixes(shift): return Mixed(xs, ys, None, torch.ones(bs, device=x0.device), 0)
+    lam = _selfless(torch.where(cut, kept, lam_mix), shift)
     box = box_mask(inside, size) & cut.view(bs, *[1]*len(size))  # only cut samples take a box
     w = torch.where(cut, 1., lam_mix)  # a blended sample keeps λ of itself, a cut one all of itself outside its box
     def mix(t, tp, blend=True):
@@ -614,6 +688,6 @@ def cutmixup_batch(
         # float masks with mixed targets are mixed like the inputs; otherwise a cut sample's mask takes its box and is right
         # pixel by pixel, and a blended sample keeps its own mask and mixes its loss with the partner's
         yc = mix(y, yp, blend=not y_int)
-        ys0.append(yc); ys1.append(_like(torch.where(cut.view(bs, *[1]*(yp.ndim-1)), _plain(yc), yp.roll(-shift, 0)), y))
+        ys0.append(yc); ys1.append(_like(torch.where(cut.view(bs, *[1]*(yp.ndim-1)), _plain(yc), _partner(yp, yp, shift)), y))
     res = mix_targets(ys0, ys1, lam, y_int, skip=[i for i in masks if torch.is_floating_point(yps[i])])
     return res._replace(xb=tuple(map(mix, xs, xps)), shift=shift)

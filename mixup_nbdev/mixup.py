@@ -30,10 +30,11 @@ class MixHandler(Callback):
     def __init__(self,
         alpha:float=0.5, # Concentration of `Beta(alpha, alpha)`, λ's distribution: finite, > 0
         p:float=1., # Chance that a batch (or a sample, when mixing per sample) is mixed at all
-        stop_pct:float=1. # Stop mixing once this fraction of training is done
+        stop_pct:float=1., # Stop mixing once this fraction of training is done
+        pairing:str|LabelKernel='random' # Who is paired with whom: 'random', 'same_class', 'other_class' or a `LabelKernel`
     ):
         self.alpha,self.p,self.stop_pct = alpha,check_prob(p, 'p'),check_prob(stop_pct, 'stop_pct')
-        self.draws,self.stack_y = DrawAhead(),None
+        self.pairing,self.draws,self.stack_y,self.n_alone = check_pairing(pairing),DrawAhead(),None,0
         self._set()
 
     @property
@@ -78,6 +79,7 @@ class MixHandler(Callback):
         if others: raise ValueError(f"{type(self).__name__} can't share a Learner with {', '.join(others)}: only one mixing callback "
                                     "may run. Remove one (`learn.remove_cb`), or use `CutMixUp` to switch between MixUp and CutMix")
         self._restore(); self._setup(); self._set()
+        self.n_alone = 0  # samples left unmixed for want of an eligible partner, this fit
         self.draws.reset()  # each fit draws afresh from the generators, so a seeded fit repeats
 
     def before_train(self): self._setup()
@@ -95,6 +97,7 @@ class MixHandler(Callback):
         m = self.mix()
         self.learn.xb,self.learn.yb = m.xb,m.yb
         self._set(m.lam, m.yb1, m.shift)
+        if isinstance(m.shift, Tensor): self.n_alone = self.n_alone + (m.shift == torch.arange(len(m.shift), device=m.shift.device)).sum()
 
     def after_pred(self):
         "Have the learner compute this batch's loss with `lf`, so that every `after_loss` sees the mixed loss, as with fastai's"
@@ -120,13 +123,14 @@ class MixUp(MixHandler):
     def __init__(self,
         alpha:float=.4, # Concentration of `Beta(alpha, alpha)`: finite, > 0
         p:float=1., # Chance that a sample is mixed at all
-        stop_pct:float=1. # Stop mixing once this fraction of training is done
+        stop_pct:float=1., # Stop mixing once this fraction of training is done
+        pairing:str|LabelKernel='random' # Who is paired with whom: 'random', 'same_class', 'other_class' or a `LabelKernel`
     ):
-        super().__init__(alpha, p, stop_pct)
+        super().__init__(alpha, p, stop_pct, pairing)
 
     def mix(self)->Mixed:
         "Blend each sample with its partner, keeping `lam>=0.5` of itself"
-        return mixup_batch(self.learn.xb, self.learn.yb, self.alpha, self.p, self.stack_y, self.draws)
+        return mixup_batch(self.learn.xb, self.learn.yb, self.alpha, self.p, self.stack_y, self.draws, self.pairing)
 
 # %% ../nbs/01_mixup.ipynb #44a974c2
 def mixed_batch(
@@ -166,15 +170,16 @@ class CutMix(MixHandler):
         per_sample:bool=False, # Give each sample its own λ and box, instead of one box for the batch
         p:float=1., # Chance that a batch (or a sample, when `per_sample`) is mixed at all
         stop_pct:float=1., # Stop mixing once this fraction of training is done
-        mask_targets:bool|tuple|None=None # Targets pasted like the images: None, fastai's `TensorMask`s; True, all with the images' size; or their indices
+        mask_targets:bool|tuple|None=None, # Targets pasted like the images: None, fastai's `TensorMask`s; True, all with the images' size; or their indices
+        pairing:str|LabelKernel='random' # Who is paired with whom: 'random', 'same_class', 'other_class' or a `LabelKernel`
     ):
-        super().__init__(alpha, p, stop_pct)
+        super().__init__(alpha, p, stop_pct, pairing)
         self.per_sample,self.mask_targets = check_flag(per_sample, 'per_sample'),mask_targets
 
     def mix(self)->Mixed:
         "Paste a box from each sample's partner; `lam` is the fraction each sample kept"
         return cutmix_batch(self.learn.xb, self.learn.yb, self.alpha, self.per_sample, self.p, self.stack_y, 
-                            inplace=True, draws=self.draws, mask_targets=self.mask_targets)
+                            inplace=True, draws=self.draws, mask_targets=self.mask_targets, pairing=self.pairing)
 
 # %% ../nbs/01_mixup.ipynb #e1e80ac6
 class CutMixUp(MixHandler):
@@ -186,14 +191,15 @@ class CutMixUp(MixHandler):
         per_sample:bool=False, # Choose, and draw λ and the box, for each sample instead of for the batch
         p:float=1., # Chance that a batch (or a sample, when `per_sample`) is mixed at all
         stop_pct:float=1., # Stop mixing once this fraction of training is done
-        mask_targets:bool|tuple|None=None # Targets pasted like the images: None, fastai's `TensorMask`s; True, all with the images' size; or their indices
+        mask_targets:bool|tuple|None=None, # Targets pasted like the images: None, fastai's `TensorMask`s; True, all with the images' size; or their indices
+        pairing:str|LabelKernel='random' # Who is paired with whom: 'random', 'same_class', 'other_class' or a `LabelKernel`
     ):
         self.mixup_alpha,self.cutmix_alpha = check_alpha(mixup_alpha, 'mixup_alpha'),check_alpha(cutmix_alpha, 'cutmix_alpha')
         self.switch_prob,self.per_sample = check_prob(switch_prob, 'switch_prob'),check_flag(per_sample, 'per_sample')
         self.mask_targets = mask_targets
-        super().__init__(mixup_alpha, p, stop_pct)
+        super().__init__(mixup_alpha, p, stop_pct, pairing)
 
     def mix(self)->Mixed:
         "CutMix or MixUp the batch, as `cutmixup_batch`"
         return cutmixup_batch(self.learn.xb, self.learn.yb, self.mixup_alpha, self.cutmix_alpha, self.switch_prob,
-                              self.per_sample, self.p, self.stack_y, inplace=True, draws=self.draws, mask_targets=self.mask_targets)
+                              self.per_sample, self.p, self.stack_y, inplace=True, draws=self.draws, mask_targets=self.mask_targets, pairing=self.pairing)
