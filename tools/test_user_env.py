@@ -7,8 +7,8 @@ Usage: python tools/test_user_env.py [build|newest|oldest ...]   (default: all t
 - newest: a fresh venv gets the newest fastai, fastcore, torch and torchvision that pip can install here, then the
           wheel; fails if installing the wheel changed any of their versions (the package must fit into the
           environment a user trains in, not replace it).
-- oldest: a fresh venv gets exactly the lower bounds of settings.ini `requirements` (`>=` read as `==`), then the
-          wheel; fails if the wheel changed any of them.
+- oldest: a fresh venv gets exactly the lower bounds of settings.ini `requirements` (`>=` read as `==`; a requirement
+          that only caps a version is installed as it is), then the wheel; fails if the wheel changed any of them.
 In both: every module of the wheel imports; importing mixup_nbdev.mixup prints nothing (beyond what importing
 fastai.basics, which it builds on, prints); `__version__` is settings.ini's
 version; without scikit-image the example datasets say how to install it (the `examples` extra). Then the `examples`
@@ -43,10 +43,11 @@ def reqs(key): return [Requirement(r) for r in cfg().get(key, '').split()]
 
 
 def lower_bounds(key):
-    "`name==version` for each requirement of `key`, from its `>=` bound"
+    "`name==version` for each requirement of `key`, from its `>=` bound; a requirement that only caps is kept as it is"
     out = []
     for r in reqs(key):
         low = [s.version for s in r.specifier if s.operator == '>=']
+        if not low and r.specifier: out.append(str(r)); continue  # a cap for a named incompatibility (see settings.ini)
         if not low: raise Failed(f"settings.ini {key}: `{r}` has no lower bound; give it `>=` the oldest version you support, "
                                  "so that the oldest environment can install and test exactly that")
         out.append(f'{r.name}=={low[0]}')
@@ -138,8 +139,9 @@ if r.returncode or ours: problems.append(f'import {quiet} printed (exit {r.retur
 noise = (base.stdout + base.stderr).strip()
 try: import skimage
 except ImportError:  # the example datasets need the `examples` extra, and say so
-    from mixup_nbdev import data
-    for f, kw in (('photos_dls', {}), ('shapes_seg', dict(n=1))):
+    try: from mixup_nbdev import data
+    except Exception: data = None  # reported above
+    for f, kw in (('photos_dls', {}), ('shapes_seg', dict(n=1))) if data else ():
         try: getattr(data, f)(**kw); problems.append(f'data.{f}() worked without scikit-image')
         except ImportError as e:
             if hint not in str(e): problems.append(f'data.{f}() without scikit-image: {e!r} does not say {hint}')
