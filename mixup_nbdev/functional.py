@@ -13,10 +13,10 @@ from torch import Tensor, nn
 from torch.distributions import Beta
 
 # %% auto #0
-__all__ = ['check_alpha', 'check_prob', 'check_flag', 'sample_lam', 'draw_shift', 'DrawAhead', 'partner', 'LabelKernel',
-           'check_pairing', 'draw_partners', 'mix_tensor', 'Mixed', 'mix_targets', 'mixup_batch', 'reduce_loss',
-           'none_reduce', 'mix_loss', 'rand_box', 'box_lam', 'paste_box', 'box_sides', 'box_mask', 'rand_boxes',
-           'draw_boxes', 'paste_mask', 'mask_lam', 'mix_by_mask', 'cutmix_batch', 'cutmixup_batch']
+__all__ = ['check_alpha', 'check_prob', 'check_flag', 'check_sched', 'sample_lam', 'draw_shift', 'DrawAhead', 'partner',
+           'LabelKernel', 'check_pairing', 'draw_partners', 'mix_tensor', 'Mixed', 'mix_targets', 'mixup_batch',
+           'reduce_loss', 'none_reduce', 'mix_loss', 'rand_box', 'box_lam', 'paste_box', 'box_sides', 'box_mask',
+           'rand_boxes', 'draw_boxes', 'paste_mask', 'mask_lam', 'mix_by_mask', 'cutmix_batch', 'cutmixup_batch']
 
 # %% ../nbs/00_functional.ipynb #826a7c60
 def check_alpha(
@@ -49,6 +49,20 @@ def check_flag(
     "Return `v` as a bool, or raise a clear error if it is not True or False (a string such as 'yes' would be taken as True)"
     if not isinstance(v, (bool, np.bool_)): raise TypeError(f"`{name}` must be True or False, got {type(v).__name__} {v!r}")
     return bool(v)
+
+# %% ../nbs/00_functional.ipynb #70235d3a
+def check_sched(
+    v, # A number, or a schedule: a function of the training progress in [0, 1], such as fastai's `SchedCos(.4, .1)`
+    name:str, # The argument's name, for the error message
+    check=check_prob # The check of one value: `check_alpha`, `check_prob`, ...
+):
+    "Return `v` checked: a number as `check` returns it, or a schedule whose values at the start, middle and end of training pass `check`"
+    if not callable(v): return check(v, name)
+    for pos in (0., .5, 1.):
+        val = v(pos)
+        try: check(float(val), name)
+        except (TypeError, ValueError) as e: raise type(e)(f"the schedule of `{name}` gives {val!r} at {pos:g} of training: {e}") from None
+    return v
 
 # %% ../nbs/00_functional.ipynb #20fe6a1a
 _betas = {}
@@ -341,7 +355,8 @@ def mixup_batch(
     p:float=1., # Chance that a sample is mixed at all
     y_int:bool=True, # True: keep the partners' targets for `mix_loss`; False: interpolate the (float) targets
     draws:DrawAhead|None=None, # Take λ from these draws made ahead (the callbacks' way); default: draw for this batch
-    pairing:str|LabelKernel='random' # Who is paired with whom: 'random', 'same_class', 'other_class' or a `LabelKernel`
+    pairing:str|LabelKernel='random', # Who is paired with whom: 'random', 'same_class', 'other_class' or a `LabelKernel`
+    shift:int|Tensor|None=None # The partners, when given (`MixChoice` gives every method the same); default: drawn as `pairing` says
 )->Mixed:
     "MixUp (https://arxiv.org/abs/1710.09412) of a batch: each sample keeps `lam>=0.5` of itself and takes the rest from its partner"
     alpha, p, pairing = check_alpha(alpha), check_prob(p), check_pairing(pairing)  # a bad alpha would give NaN λ, silently
@@ -349,7 +364,7 @@ def mixup_batch(
     xs, ys, xps, _ = _batch(xb, yb)
     x0 = xps[0]; bs, dev = x0.shape[0], x0.device
     _check_float(x0)
-    shift = _pairs(pairing, ys, bs)
+    shift = _pairs(pairing, ys, bs) if shift is None else shift
     lam = _draw(draws, sample_lam, bs, alpha, device=dev, larger=True, p=p)
     if not _mixes(shift): return Mixed(xs, ys, None, torch.ones(bs, device=dev), 0)
     lam = _selfless(lam, shift)
@@ -618,13 +633,14 @@ def cutmix_batch(
     inplace:bool=False, # Batch-level box only: paste into the given tensors instead of copies
     draws:DrawAhead|None=None, # Per-sample boxes only: take λ and the boxes from these draws made ahead; default: draw for this batch
     mask_targets:bool|tuple|None=None, # Targets to paste like the inputs: None, fastai's `TensorMask`s; True, all with the inputs' spatial size; or their indices
-    pairing:str|LabelKernel='random' # Who is paired with whom: 'random', 'same_class', 'other_class' or a `LabelKernel`
+    pairing:str|LabelKernel='random', # Who is paired with whom: 'random', 'same_class', 'other_class' or a `LabelKernel`
+    shift:int|Tensor|None=None # The partners, when given (`MixChoice` gives every method the same); default: drawn as `pairing` says
 )->Mixed:
     "CutMix (https://arxiv.org/abs/1905.04899): paste a box from each sample's partner; `lam` is the exact fraction each sample kept"
     alpha, p, per_sample, pairing = check_alpha(alpha), check_prob(p), check_flag(per_sample, 'per_sample'), check_pairing(pairing)
     xs, ys, xps, yps = _batch(xb, yb)  # plain tensors once each, as in `mixup_batch`
     x0 = xps[0]; bs, size = x0.shape[0], _spatial_size(x0, 'CutMix')
-    shift = _pairs(pairing, ys, bs)
+    shift = _pairs(pairing, ys, bs) if shift is None else shift
     if per_sample:
         inside, lam = _draw(draws, draw_boxes, bs, size, alpha, device=x0.device, p=p)
         paste = _mask_paste(box_mask(inside, size), shift)
@@ -656,7 +672,8 @@ def cutmixup_batch(
     inplace:bool=False, # Batch-level CutMix only: paste into the given tensors instead of copies
     draws:DrawAhead|None=None, # Take λ (and per-sample boxes) from these draws made ahead; default: draw for this batch
     mask_targets:bool|tuple|None=None, # Targets to paste like the inputs: None, fastai's `TensorMask`s; True, all with the inputs' spatial size; or their indices
-    pairing:str|LabelKernel='random' # Who is paired with whom: 'random', 'same_class', 'other_class' or a `LabelKernel`
+    pairing:str|LabelKernel='random', # Who is paired with whom: 'random', 'same_class', 'other_class' or a `LabelKernel`
+    shift:int|Tensor|None=None # The partners, when given (`MixChoice` gives every method the same); default: drawn as `pairing` says
 )->Mixed:
     "CutMix with probability `switch_prob`, else MixUp, each with its own λ rules, for the whole batch or for each sample"
     mixup_alpha, cutmix_alpha = check_alpha(mixup_alpha, 'mixup_alpha'), check_alpha(cutmix_alpha, 'cutmix_alpha')
@@ -667,9 +684,9 @@ def cutmixup_batch(
     _check_float(x0, 'CutMixUp')
     if not per_sample:
         if random.random() >= p: return Mixed(xs, ys, None, 1., 0)
-        if random.random() < switch_prob: return cutmix_batch(xs, ys, cutmix_alpha, False, 1., y_int, inplace, mask_targets=mask_targets, pairing=pairing)
-        return mixup_batch(xs, ys, mixup_alpha, 1., y_int, draws, pairing)
-    shift = _pairs(pairing, ys, bs)
+        if random.random() < switch_prob: return cutmix_batch(xs, ys, cutmix_alpha, False, 1., y_int, inplace, mask_targets=mask_targets, pairing=pairing, shift=shift)
+        return mixup_batch(xs, ys, mixup_alpha, 1., y_int, draws, pairing, shift)
+    shift = _pairs(pairing, ys, bs) if shift is None else shift
     cut, lam_mix, inside, kept = _draw(draws, _draw_cutmixup, bs, size, mixup_alpha, cutmix_alpha, switch_prob, device=x0.device, p=p)
     if not _mixes(shift): return Mixed(xs, ys, None, torch.ones(bs, device=x0.device), 0)
     lam = _selfless(torch.where(cut, kept, lam_mix), shift)

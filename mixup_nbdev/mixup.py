@@ -4,14 +4,15 @@
 
 # %% ../nbs/01_mixup.ipynb #33f88715
 from __future__ import annotations
-import operator
+import inspect, math, numbers, operator, random
 from fastai.basics import *
 from torch.distributions import Beta
 from .functional import *
+from .functional import _pairs, _plain, _like
 _all_ = ['reduce_loss']  # fastai's `__all__` has it: `from mixup_nbdev.mixup import *` gives what fastai's gives
 
 # %% auto #0
-__all__ = ['MixHandler', 'MixUp', 'mixed_batch', 'show_mixed', 'CutMix', 'CutMixUp', 'reduce_loss']
+__all__ = ['MixHandler', 'MixUp', 'mixed_batch', 'show_mixed', 'CutMix', 'CutMixUp', 'MixChoice', 'reduce_loss']
 
 # %% ../nbs/01_mixup.ipynb #79e3b74d
 class _MixedLossOnce:
@@ -27,25 +28,39 @@ class MixHandler(Callback):
     "A handler class for implementing `MixUp` style scheduling"
     run_valid = False
     _batch_state = ('lam', 'yb1', 'shift')
+    _sched = ('alpha', 'p')  # the arguments that take a schedule
     def __init__(self,
-        alpha:float=0.5, # Concentration of `Beta(alpha, alpha)`, λ's distribution: finite, > 0
-        p:float=1., # Chance that a batch (or a sample, when mixing per sample) is mixed at all
+        alpha:float=0.5, # Concentration of `Beta(alpha, alpha)`, λ's distribution: finite, > 0; or a schedule
+        p:float=1., # Chance that a batch (or a sample, when mixing per sample) is mixed at all; or a schedule
         stop_pct:float=1., # Stop mixing once this fraction of training is done
         pairing:str|LabelKernel='random' # Who is paired with whom: 'random', 'same_class', 'other_class' or a `LabelKernel`
     ):
-        self.alpha,self.p,self.stop_pct = alpha,check_prob(p, 'p'),check_prob(stop_pct, 'stop_pct')
-        self.pairing,self.draws,self.stack_y,self.n_alone = check_pairing(pairing),DrawAhead(),None,0
+        self.alpha,self.p,self.stop_pct = alpha,check_sched(p, 'p'),check_prob(stop_pct, 'stop_pct')
+        self.pairing,self.draws,self.stack_y,self.n_alone,self.inplace = check_pairing(pairing),DrawAhead(),None,0,True
+        self._set(pct=0.)
         self._set()
 
     @property
     def alpha(self)->float: return self._alpha
     @alpha.setter
-    def alpha(self, v): self._alpha,self._distrib = check_alpha(v),None
+    def alpha(self, v): self._alpha,self._distrib = check_sched(v, 'alpha', check_alpha),None
+
+    def at(self, v)->float:
+        "`v` for this batch: a number, or a schedule's value at this batch's training progress, `pct`"
+        return float(v(self.pct)) if callable(v) else v
+
+    @property
+    def draws(self)->DrawAhead|None:
+        "Per-sample random numbers drawn ahead; None while an argument follows a schedule, whose values change every batch"
+        return None if any(callable(getattr(self, a)) for a in self._sched) else self._draws
+    @draws.setter
+    def draws(self, d:DrawAhead): self._draws = d
 
     @property
     def distrib(self)->Beta:
-        "λ's distribution, `Beta(alpha, alpha)`; setting it to a symmetric `Beta` sets `alpha`, as with fastai's callbacks"
-        if self._distrib is None: self._distrib = Beta(tensor(self.alpha), tensor(self.alpha))
+        "λ's distribution now, `Beta(alpha, alpha)`; setting it to a symmetric `Beta` sets `alpha`, as with fastai's callbacks"
+        a = self.at(self.alpha)
+        if self._distrib is None or self._distrib.concentration1.item() != a: self._distrib = Beta(tensor(a), tensor(a))
         return self._distrib
     @distrib.setter
     def distrib(self, d):
@@ -54,9 +69,9 @@ class MixHandler(Callback):
             f"`distrib` must be a symmetric Beta(a, a) with one a, got {d!r}: λ is drawn from Beta(alpha, alpha), so set `alpha` instead")
         self.alpha = c.item()
 
-    def _set(self, lam=None, yb1=None, shift=0):
+    def _set(self, lam=None, yb1=None, shift=0, **kwargs):
         # straight into `__dict__`: fastai's `Callback.__setattr__` looks each name up on the learner first, which costs more than mixing a small batch
-        self.__dict__.update(lam=lam, yb1=yb1, shift=shift)
+        self.__dict__.update(lam=lam, yb1=yb1, shift=shift, **kwargs)
 
     def _setup(self):
         "Read from the loss whether it takes class indices (`stack_y`), as fastai does in `before_train`, and check it can give per-sample losses"
@@ -80,20 +95,21 @@ class MixHandler(Callback):
                                     "may run. Remove one (`learn.remove_cb`), or use `CutMixUp` to switch between MixUp and CutMix")
         self._restore(); self._setup(); self._set()
         self.n_alone = 0  # samples left unmixed for want of an eligible partner, this fit
-        self.draws.reset()  # each fit draws afresh from the generators, so a seeded fit repeats
+        self._draws.reset()  # each fit draws afresh from the generators, so a seeded fit repeats
 
     def before_train(self): self._setup()
 
-    def mix(self)->Mixed:
-        "Mix `self.xb` and `self.yb`: subclasses return a `Mixed`"
+    def mix(self, shift=None)->Mixed:
+        "Mix `self.xb` and `self.yb` with the partners `shift` when given: subclasses return a `Mixed`"
         raise NotImplementedError(f"{type(self).__name__} must define `mix` (returning a `Mixed`), or `before_batch` as fastai's mixing callbacks do")
 
     def before_batch(self):
         "Mix the batch, unless mixing has stopped"
-        self._set()
+        pct = getattr(self.learn, 'pct_train', 0.)
+        self._set(pct=pct)
         if self.stack_y is None: self._setup()
         # fastai sums 1/n into pct_train: ten steps of 0.05 give 0.49999999999999994, so allow for rounding
-        if getattr(self.learn, 'pct_train', 0.) >= self.stop_pct - 1e-9: return
+        if pct >= self.stop_pct - 1e-9: return
         m = self.mix()
         self.learn.xb,self.learn.yb = m.xb,m.yb
         self._set(m.lam, m.yb1, m.shift)
@@ -106,7 +122,7 @@ class MixHandler(Callback):
     def after_cancel_batch(self): self._restore()
     def after_cancel_train(self): self._restore()
     def after_cancel_fit(self): self._restore()
-    def after_fit(self): self._restore(); self._set(); self.draws.reset()
+    def after_fit(self): self._restore(); self._set(); self._draws.reset()
 
     def lf(self, pred, *yb):
         "The loss of `pred` against `yb` and the partners' targets `yb1`, interpolated with `lam`, reduced like `learn.loss_func`"
@@ -121,16 +137,16 @@ class MixHandler(Callback):
 class MixUp(MixHandler):
     "Implementation of https://arxiv.org/abs/1710.09412"
     def __init__(self,
-        alpha:float=.4, # Concentration of `Beta(alpha, alpha)`: finite, > 0
-        p:float=1., # Chance that a sample is mixed at all
+        alpha:float=.4, # Concentration of `Beta(alpha, alpha)`: finite, > 0; or a schedule
+        p:float=1., # Chance that a sample is mixed at all; or a schedule
         stop_pct:float=1., # Stop mixing once this fraction of training is done
         pairing:str|LabelKernel='random' # Who is paired with whom: 'random', 'same_class', 'other_class' or a `LabelKernel`
     ):
         super().__init__(alpha, p, stop_pct, pairing)
 
-    def mix(self)->Mixed:
+    def mix(self, shift=None)->Mixed:
         "Blend each sample with its partner, keeping `lam>=0.5` of itself"
-        return mixup_batch(self.learn.xb, self.learn.yb, self.alpha, self.p, self.stack_y, self.draws, self.pairing)
+        return mixup_batch(self.learn.xb, self.learn.yb, self.at(self.alpha), self.at(self.p), self.stack_y, self.draws, self.pairing, shift)
 
 # %% ../nbs/01_mixup.ipynb #44a974c2
 def mixed_batch(
@@ -166,9 +182,9 @@ def show_mixed(
 class CutMix(MixHandler):
     "Implementation of https://arxiv.org/abs/1905.04899"
     def __init__(self,
-        alpha:float=1., # Concentration of `Beta(alpha, alpha)`: finite, > 0
+        alpha:float=1., # Concentration of `Beta(alpha, alpha)`: finite, > 0; or a schedule
         per_sample:bool=False, # Give each sample its own λ and box, instead of one box for the batch
-        p:float=1., # Chance that a batch (or a sample, when `per_sample`) is mixed at all
+        p:float=1., # Chance that a batch (or a sample, when `per_sample`) is mixed at all; or a schedule
         stop_pct:float=1., # Stop mixing once this fraction of training is done
         mask_targets:bool|tuple|None=None, # Targets pasted like the images: None, fastai's `TensorMask`s; True, all with the images' size; or their indices
         pairing:str|LabelKernel='random' # Who is paired with whom: 'random', 'same_class', 'other_class' or a `LabelKernel`
@@ -176,14 +192,15 @@ class CutMix(MixHandler):
         super().__init__(alpha, p, stop_pct, pairing)
         self.per_sample,self.mask_targets = check_flag(per_sample, 'per_sample'),mask_targets
 
-    def mix(self)->Mixed:
+    def mix(self, shift=None)->Mixed:
         "Paste a box from each sample's partner; `lam` is the fraction each sample kept"
-        return cutmix_batch(self.learn.xb, self.learn.yb, self.alpha, self.per_sample, self.p, self.stack_y, 
-                            inplace=True, draws=self.draws, mask_targets=self.mask_targets, pairing=self.pairing)
+        return cutmix_batch(self.learn.xb, self.learn.yb, self.at(self.alpha), self.per_sample, self.at(self.p), self.stack_y,
+                            self.inplace, self.draws, self.mask_targets, self.pairing, shift)
 
 # %% ../nbs/01_mixup.ipynb #e1e80ac6
 class CutMixUp(MixHandler):
     "CutMix (https://arxiv.org/abs/1905.04899) with probability `switch_prob`, else MixUp (https://arxiv.org/abs/1710.09412)"
+    _sched = ('mixup_alpha', 'cutmix_alpha', 'switch_prob', 'p')
     def __init__(self,
         mixup_alpha:float=.4, # Concentration of `Beta` for MixUp
         cutmix_alpha:float=1., # Concentration of `Beta` for CutMix
@@ -194,12 +211,75 @@ class CutMixUp(MixHandler):
         mask_targets:bool|tuple|None=None, # Targets pasted like the images: None, fastai's `TensorMask`s; True, all with the images' size; or their indices
         pairing:str|LabelKernel='random' # Who is paired with whom: 'random', 'same_class', 'other_class' or a `LabelKernel`
     ):
-        self.mixup_alpha,self.cutmix_alpha = check_alpha(mixup_alpha, 'mixup_alpha'),check_alpha(cutmix_alpha, 'cutmix_alpha')
-        self.switch_prob,self.per_sample = check_prob(switch_prob, 'switch_prob'),check_flag(per_sample, 'per_sample')
+        self.mixup_alpha,self.cutmix_alpha = check_sched(mixup_alpha, 'mixup_alpha', check_alpha),check_sched(cutmix_alpha, 'cutmix_alpha', check_alpha)
+        self.switch_prob,self.per_sample = check_sched(switch_prob, 'switch_prob'),check_flag(per_sample, 'per_sample')
         self.mask_targets = mask_targets
         super().__init__(mixup_alpha, p, stop_pct, pairing)
 
-    def mix(self)->Mixed:
+    def mix(self, shift=None)->Mixed:
         "CutMix or MixUp the batch, as `cutmixup_batch`"
-        return cutmixup_batch(self.learn.xb, self.learn.yb, self.mixup_alpha, self.cutmix_alpha, self.switch_prob,
-                              self.per_sample, self.p, self.stack_y, inplace=True, draws=self.draws, mask_targets=self.mask_targets, pairing=self.pairing)
+        return cutmixup_batch(self.learn.xb, self.learn.yb, self.at(self.mixup_alpha), self.at(self.cutmix_alpha), self.at(self.switch_prob),
+                              self.per_sample, self.at(self.p), self.stack_y, self.inplace, self.draws, self.mask_targets, self.pairing, shift)
+
+# %% ../nbs/01_mixup.ipynb #991b1756
+def _check_weight(w, name): 
+    "A method's weight: a number >= 0"
+    if isinstance(w, bool) or not isinstance(w, numbers.Real) or not 0 <= w < math.inf: raise ValueError(f"`{name}` must be finite numbers >= 0, got {w!r}")
+    return float(w)
+
+class MixChoice(MixHandler):
+    "Mix each batch, or each sample, with one of `cbs`, chosen at random with `weights`"
+    def __init__(self,
+        *cbs:MixHandler, # The mixing methods to choose from, e.g. `MixUp(.4), CutMix(1.)`, each with its own settings
+        weights:tuple|None=None, # One weight per method, each a number or a schedule (default: all alike)
+        per_sample:bool=False, # Choose for each sample (every method mixes with the same partners) instead of for the batch
+        stop_pct:float=1., # Stop mixing once this fraction of training is done
+        pairing:str|LabelKernel='random' # Per sample: who is paired with whom (each method's own pairing applies per batch)
+    ):
+        if not cbs or not all(isinstance(cb, MixHandler) and not isinstance(cb, MixChoice) for cb in cbs): raise TypeError(
+            f"MixChoice chooses among mixing callbacks, e.g. MixChoice(MixUp(.4), CutMix(1.)), got {cbs!r}")
+        weights = (1.,)*len(cbs) if weights is None else tuple(weights)
+        if len(weights) != len(cbs): raise ValueError(f"give one weight per method: {len(cbs)} methods, {len(weights)} weights")
+        self.cbs,self.weights = cbs,tuple(check_sched(w, 'weights', _check_weight) for w in weights)
+        self.per_sample,self.choice = check_flag(per_sample, 'per_sample'),None
+        if self.per_sample:
+            for cb in cbs:
+                if 'shift' not in inspect.signature(cb.mix).parameters: raise TypeError(
+                    f"per_sample=True mixes every method with the same partners, so each `mix` must take `shift`: {type(cb).__name__}.mix doesn't")
+                cb.inplace = False  # each method mixes the batch as it came
+        super().__init__(1., 1., stop_pct, pairing)
+
+    def _setup(self):
+        super()._setup()
+        for cb in self.cbs: cb.learn = self.learn; cb._setup()
+
+    def before_fit(self):
+        super().before_fit()
+        for cb in self.cbs: cb._set(); cb._draws.reset()
+
+    def mix(self)->Mixed:
+        "The batch mixed by the method drawn for it, or for each sample by the method drawn for that sample"
+        for cb in self.cbs: cb._set(pct=self.pct)
+        ws = [self.at(w) for w in self.weights]
+        live = [i for i,w in enumerate(ws) if w > 0]
+        if not live: return Mixed(self.learn.xb, self.learn.yb, None, 1., 0)
+        if len(live) == 1 or not self.per_sample:  # no draw when there is nothing to choose
+            k = live[0] if len(live) == 1 else random.choices(live, [ws[i] for i in live])[0]
+            return self.cbs[k].mix()
+        x0 = self.learn.xb[0]; bs = x0.shape[0]
+        shift = _pairs(self.pairing, tuple(self.learn.yb), bs)
+        ms = [self.cbs[i].mix(shift=shift) for i in live]
+        # each sample's method: the uniform draw against the weights' running totals, on the device
+        tot = [sum(ws[i] for i in live[:j+1]) for j in range(len(live))]
+        u = torch.rand(bs, device=x0.device) * tot[-1]
+        choice = sum((u >= t).long() for t in tot[:-1])
+        self.choice = sum((choice == j).long() * i for j, i in enumerate(live))  # each sample's method, an index into `cbs`
+        def pick(ts):
+            out = ts[0]
+            for j, t in enumerate(ts[1:], 1):
+                c = (choice == j).view(bs, *[1]*(out.ndim-1))
+                out = _like(torch.where(c, _plain(t), _plain(out)), ts[0])
+            return out
+        lams = [torch.as_tensor(m.lam, device=x0.device).expand(bs).float() for m in ms]
+        yb1 = None if all(m.yb1 is None for m in ms) else tuple(map(pick, zip(*[m.yb if m.yb1 is None else m.yb1 for m in ms])))
+        return Mixed(tuple(map(pick, zip(*[m.xb for m in ms]))), tuple(map(pick, zip(*[m.yb for m in ms]))), yb1, pick(lams), shift)
