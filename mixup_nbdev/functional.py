@@ -10,13 +10,16 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from torch import Tensor, nn
+import torch.nn.functional as F
 from torch.distributions import Beta
 
 # %% auto #0
 __all__ = ['check_alpha', 'check_prob', 'check_flag', 'check_sched', 'sample_lam', 'draw_shift', 'DrawAhead', 'partner',
            'LabelKernel', 'check_pairing', 'draw_partners', 'mix_tensor', 'Mixed', 'mix_targets', 'mixup_batch',
            'reduce_loss', 'none_reduce', 'mix_loss', 'rand_box', 'box_lam', 'paste_box', 'box_sides', 'box_mask',
-           'rand_boxes', 'draw_boxes', 'paste_mask', 'mask_lam', 'mix_by_mask', 'cutmix_batch', 'cutmixup_batch']
+           'rand_boxes', 'draw_boxes', 'paste_mask', 'mask_lam', 'mix_by_mask', 'cutmix_batch', 'cutmixup_batch',
+           'check_scope', 'draw_resize_boxes', 'resizemix_batch', 'check_positive', 'check_soft', 'fourier_noise',
+           'fmix_mask', 'fmix_batch']
 
 # %% ../nbs/00_functional.ipynb #826a7c60
 def check_alpha(
@@ -708,3 +711,330 @@ def cutmixup_batch(
         ys0.append(yc); ys1.append(_like(torch.where(cut.view(bs, *[1]*(yp.ndim-1)), _plain(yc), _partner(yp, yp, shift)), y))
     res = mix_targets(ys0, ys1, lam, y_int, skip=[i for i in masks if torch.is_floating_point(yps[i])])
     return res._replace(xb=tuple(map(mix, xs, xps)), shift=shift)
+
+# %% ../nbs/00_functional.ipynb #a69d0998
+_axes = {}  # small constant tensors, made once per size and device
+
+def check_scope(
+    scope:tuple, # `(lo, hi)`: the range of λ before the box is rounded to pixels
+    name:str='scope' # The argument's name, for the error message
+)->tuple:
+    "Return `scope` as a tuple of two floats, or raise a clear error unless `0 < lo <= hi <= 1`"
+    if (not isinstance(scope, (tuple, list)) or len(scope) != 2
+        or any(isinstance(v, bool) or not isinstance(v, numbers.Real) for v in scope)):
+        raise TypeError(f"`{name}` must be two numbers (lo, hi), the range of λ, each sample's kept fraction, got {scope!r}: pass e.g. {name}=(0.1, 0.8)")
+    lo, hi = map(float, scope)
+    if not 0 < lo <= hi <= 1: raise ValueError(
+        f"`{name}` must satisfy 0 < lo <= hi <= 1 (λ, the fraction each sample keeps, is drawn in [lo, hi]), got {scope!r}: pass e.g. {name}=(0.1, 0.8)")
+    return lo, hi
+
+def _resize_side(
+    size:tuple, # Spatial size
+    lam:float # Fraction of the sample to keep, before rounding
+)->tuple:
+    "The sides of a box of about `1-lam` of `size`, whole pixels, each `side*(1-lam)**(1/d)`, as `rand_box`'s"
+    r = (1-lam) ** (1/len(size))
+    return tuple(int(s*r) for s in size)
+
+def _sizes(
+    size:tuple, # Spatial size
+    device # The batch's device
+)->Tensor:
+    "`size` as a float tensor on `device`, made there once: a copy from pageable host memory would make the host wait for the device"
+    key = ('size', tuple(size), str(device))
+    if key not in _axes: _axes[key] = torch.stack([torch.full((), float(s), device=device) for s in size])
+    return _axes[key]
+
+def draw_resize_boxes(
+    size:tuple, # Spatial size: `(L,)`, `(H, W)` or `(D, H, W)`
+    alpha:float, # Concentration of `Beta(alpha, alpha)`
+    scope:tuple, # λ is `lo + (hi-lo)*Beta(alpha, alpha)`
+    n:int, # How many boxes
+    device=None, # Where to draw them: the batch's device
+    p:float=1. # Chance that a sample gets a box at all
+)->tuple:
+    "Per-sample ResizeMix's draws (what `DrawAhead` draws ahead): each box's sides and first corner, `(n, d)` whole numbers as floats, and each sample's exact kept fraction"
+    lo, hi = scope
+    lam = sample_lam(alpha, n, device) * (hi-lo) + lo
+    sz = _sizes(size, device)
+    cut = (sz * (1-lam[:, None]) ** (1/len(size))).floor_()
+    if p < 1: cut = cut * (torch.rand(n, 1, device=device) < p)  # an unmixed sample: an empty box
+    # the box lies inside the sample, so the whole partner is in it: a corner uniform among the positions that fit
+    corner = (torch.rand(n, len(size), device=device) * (sz-cut+1)).floor_().clamp_(max=sz-cut)
+    return cut, corner, torch.rsub(cut.prod(1), 1., alpha=1/math.prod(size))
+
+def _resize_axes(
+    size:tuple, # Spatial size
+    cut:Tensor, # Sides of the boxes, `(bs, d)`
+    corner:Tensor # First corners of the boxes, `(bs, d)`
+)->tuple:
+    "For each sample and dimension, `(bs, d, max(size))`: which positions are in the box, and each position's place `k` in the box; and the boxes' sides, at least 1"
+    key = ('arange', max(size), str(cut.device))
+    if key not in _axes: _axes[key] = torch.arange(max(size), device=cut.device, dtype=torch.float32)
+    k = _axes[key] - corner[..., None]
+    c = cut[..., None]
+    # past a dimension's end `k >= cut`, since a box ends inside its sample
+    return (k >= 0) & (k < c), k, c.clamp(min=1)
+
+def _grid(
+    g:list, # Per dimension, normalised coordinates `(1 or bs, size[i])`
+    bs:int # Batch size
+)->Tensor:
+    "`grid_sample`'s grid `(bs, *size, d)` from each dimension's normalised coordinates `g[i]`, `(1 or bs, size[i])`, in the inputs' order"
+    d, sz = len(g), tuple(t.shape[1] for t in g)
+    n = max(t.shape[0] for t in g)
+    axes = [t.view(t.shape[0], *[1]*i, sz[i], *[1]*(d-1-i)).expand(n, *sz) for i,t in enumerate(g)]
+    grid = torch.stack(axes[::-1], -1)  # grid_sample takes the last dimension first: (x, y, z)
+    return grid.expand(bs, *grid.shape[1:])  # one box for the batch: one grid, not `bs` copies
+
+def _bilinear(
+    tp:Tensor, # A plain float batch `(bs, ..., *size)`
+    g:list # Per dimension, the normalised coordinates to sample, `(1 or bs, size_out[i])`, as `F.interpolate(align_corners=False)` places them
+)->Tensor:
+    "`tp` resampled at the coordinates `g` by (bi/tri)linear interpolation: `F.interpolate(mode='bilinear', align_corners=False)` to a size, for one box or one per sample"
+    bs, d = tp.shape[0], len(g)
+    x = tp.reshape(bs, -1, *tp.shape[tp.ndim-d:])
+    if d == 1: x, g = x[:, :, None], [g[0].new_zeros(1, 1), g[0]]  # a signal as an image one pixel high
+    # in half precision a grid is off by up to half a pixel at 224: resample in float32
+    dt = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    # grid_sample, not F.interpolate: on a CPU it is ~4 times faster (same result, to rounding), and it takes a box per sample
+    out = F.grid_sample(x.to(dt), _grid([t.to(dt) for t in g], bs), mode='bilinear', padding_mode='border', align_corners=False)
+    return out.to(tp.dtype).reshape(*tp.shape[:tp.ndim-d], *[t.shape[1] for t in g[-d:]])
+
+def _nearest_src(
+    k:Tensor, # Places in the box
+    c:Tensor|int, # The box's side
+    s:int # The sample's side
+)->Tensor:
+    "Nearest source index of place `k` of a box of side `c` in a side of `s`, as `F.interpolate(mode='nearest-exact')` computes it"
+    return ((k + .5) * (s / c)).floor_().clamp_(0, s-1).long()
+
+def _resize_box(
+    tp:Tensor, # A plain batch `(bs, ..., *size)`
+    cut:tuple, # The box's sides
+    nearest:bool # Nearest (masks, integers), else (bi/tri)linear
+)->Tensor:
+    "One box: all of the plain batch `tp` resized to the box's sides `cut`: nearest for masks and integers, else (bi/tri)linear"
+    d, dev = len(cut), tp.device
+    sz = tp.shape[tp.ndim-d:]
+    ks = [torch.arange(c, device=dev, dtype=torch.float32) for c in cut]
+    if not nearest: return _bilinear(tp, [((2*k + 1) / c - 1)[None] for k, c in zip(ks, cut)])
+    # one broadcast index per dimension, all at once: `index_select` along the last dimension is ~5 times slower on a CPU
+    return tp[(...,) + tuple(_nearest_src(k, c, s).view(*[1]*i, -1, *[1]*(d-1-i)) for i, (k, c, s) in enumerate(zip(ks, cut, sz)))]
+
+def _paste_resized(
+    t:Tensor, # A batch, as given
+    tp:Tensor, # Its plain tensor
+    small:Tensor, # `tp` resized to the box
+    box:tuple, # The box, as slices
+    shift:int|Tensor, # Partner offset from `draw_shift`, or each sample's partner index
+    inplace:bool=False # Write into `t`; else into a new batch
+)->Tensor:
+    "`tp` outside `box`, each sample's partner resized in it: each value written once, into a new batch or into `t`"
+    out, d = (tp if inplace else torch.empty_like(tp)), len(box)
+    lead = (slice(None),) * (tp.ndim-d)
+    # outside the box: 2d slabs, each before or after the box along one dimension, within the box along the ones before it
+    for i in range(0 if inplace else d):
+        for sl in (slice(0, box[i].start), slice(box[i].stop, None)):
+            idx = lead + box[:i] + (sl,) + (slice(None),)*(d-1-i)
+            out[idx] = tp[idx]
+    inner = lead + box
+    if isinstance(shift, Tensor):
+        # a sample paired with itself (none was eligible) is left as it is, not shrunk into its own box
+        alone = (shift == torch.arange(len(shift), device=shift.device)).view(-1, *[1]*(tp.ndim-1))
+        out[inner] = torch.where(alone, tp[inner], small[shift])
+    else:
+        n = tp.shape[0]-shift
+        out[:n][inner] = small[shift:]
+        out[n:][inner] = small[:shift]
+    return t if inplace else _like(out, t)
+
+def _resize_per_sample(
+    tp:Tensor, # A plain batch `(bs, ..., *size)`
+    k:Tensor, # From `_resize_axes`, rolled so that row `j` holds the box where sample `j` is pasted
+    c:Tensor, # The boxes' sides from `_resize_axes`, rolled alike
+    nearest:bool # Nearest (masks, integers), else (bi/tri)linear
+)->Tensor:
+    "Each sample of `tp` resized to its own box and placed there, in a batch of the same shape (what lies outside the boxes is not used)"
+    bs, d = tp.shape[0], k.shape[1]
+    sz = tp.shape[tp.ndim-d:]
+    if not nearest: return _bilinear(tp, [((2*k[:, i, :s] + 1) / c[:, i]) - 1 for i, s in enumerate(sz)])
+    # one index per position: the source position along each dimension, combined into an index of the flattened sample
+    flat = 0
+    for i, s in enumerate(sz):
+        src = _nearest_src(k[:, i, :s], c[:, i], s)
+        flat = flat * s + src.view(bs, *[1]*i, s, *[1]*(d-1-i))
+    x = tp.reshape(bs, -1, math.prod(sz))
+    return x.gather(2, flat.reshape(bs, 1, -1).expand_as(x)).view(tp.shape)
+
+def resizemix_batch(
+    xb:Tensor|tuple, # Inputs `(bs, C, *size)`: a tensor, or a tuple of them
+    yb:Tensor|tuple=(), # Targets: a tensor, or a tuple of them
+    alpha:float=1., # Concentration of `Beta(alpha, alpha)`: finite, > 0
+    scope:tuple=(0.1, 0.8), # λ before rounding is `lo + (hi-lo)*Beta(alpha, alpha)`, `0 < lo <= hi <= 1` (mmpretrain's `lam_min`, `lam_max`)
+    per_sample:bool=False, # One box per sample (True) or one for the batch
+    p:float=1., # Chance that the batch (or, per sample, a sample) is mixed at all
+    y_int:bool=True, # True: keep the partners' targets for `mix_loss`; False: interpolate the (float) targets
+    draws:DrawAhead|None=None, # Per-sample boxes only: take them from these draws made ahead; default: draw for this batch
+    mask_targets:bool|tuple|None=None, # Targets to paste like the inputs: None, fastai's `TensorMask`s; True, all with the inputs' spatial size; or their indices
+    inplace:bool=False, # Batch-level box only: paste into the given tensors instead of copies
+    pairing:str|LabelKernel='random', # Who is paired with whom: 'random', 'same_class', 'other_class' or a `LabelKernel`
+    shift:int|Tensor|None=None # The partners, when given (`MixChoice` gives every method the same); default: drawn as `pairing` says
+)->Mixed:
+    "ResizeMix (https://arxiv.org/abs/2012.11101): paste each sample's whole partner, resized, into a box; `lam` is the exact fraction each sample kept"
+    alpha, scope = check_alpha(alpha), check_scope(scope)
+    p, per_sample, pairing = check_prob(p), check_flag(per_sample, 'per_sample'), check_pairing(pairing)
+    xs, ys, xps, yps = _batch(xb, yb)
+    x0 = xps[0]; bs, size = x0.shape[0], _spatial_size(x0, 'ResizeMix')
+    shift = _pairs(pairing, ys, bs) if shift is None else shift
+    # masks keep their classes: resized with nearest, like integer inputs; float inputs (bi/tri)linearly
+    masks = {id(yps[i]) for i in _mask_targets(ys, yps, size, mask_targets)}
+    nearest = lambda tp: id(tp) in masks or not torch.is_floating_point(tp)
+    if per_sample:
+        cut, corner, lam = _draw(draws, draw_resize_boxes, bs, size, alpha, scope, device=x0.device, p=p)
+        if not _mixes(shift): return Mixed(xs, ys, None, torch.ones(bs, device=x0.device), 0)
+        inside, k, c = _resize_axes(size, cut, corner)
+        mask = box_mask(inside, size)
+        if isinstance(shift, Tensor):  # partner indices: a sample may be the partner of several, each with its own box
+            # a sample paired with itself (none was eligible) is left as it is, not shrunk into its own box
+            mask = mask & (shift != torch.arange(bs, device=shift.device)).view(bs, *[1]*len(size))
+            paste = lambda t, tp: _like(torch.where(mask.view(bs, *[1]*(tp.ndim-mask.ndim), *size),
+                                                    _resize_per_sample(tp[shift], k, c, nearest(tp)), tp), t)
+        else:
+            # sample `j` is pasted into sample `j-shift`'s box: resize it to that box, in place, and paste with one `where`
+            kr, cr = k.roll(shift, 0), c.roll(shift, 0)
+            paste = lambda t, tp: _like(_where_partner(_resize_per_sample(tp, kr, cr, nearest(tp)), mask, shift, tp), t)
+    else:
+        if random.random() >= p: shift = 0
+        cut = _resize_side(size, scope[0] + (scope[1]-scope[0]) * random.betavariate(alpha, alpha))
+        if 0 in cut: shift = 0  # an empty box: nothing to paste
+        if not _mixes(shift): return Mixed(xs, ys, None, 1., 0)
+        box = tuple(slice(o, o+c) for o, c in ((random.randint(0, s-c), c) for s, c in zip(size, cut)))
+        lam = box_lam(size, box)
+        # the partners are resized before anything is pasted, so pasting in place reads no pasted value
+        paste = lambda t, tp: _paste_resized(t, tp, _resize_box(tp, cut, nearest(tp)), box, shift, inplace)
+    return _paste_batch(xs, ys, xps, yps, size, paste, lam, shift, y_int, mask_targets)
+
+# %% ../nbs/00_functional.ipynb #39ec5f17
+_spectra = {}
+
+def check_positive(
+    v:float, # A number that must be finite and > 0
+    name:str # The argument's name, for the error message
+)->float:
+    "Return `v` as a float, or raise a clear error if it is not a finite number > 0"
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v <= 0:
+        raise ValueError(f"`{name}` must be a finite number > 0, got {v!r}")
+    return float(v)
+
+def check_soft(
+    max_soft:float # FMix's soft edge: a fraction in [0, 0.5]
+)->float:
+    "Return `max_soft` as a float, or raise a clear error if it is not in [0, 0.5]"
+    if isinstance(max_soft, bool) or not isinstance(max_soft, numbers.Real) or not 0 <= max_soft <= .5: raise ValueError(
+        f"`max_soft` must be a number in [0, 0.5] (the fraction of elements on each side of the mask's edge that are blended), got {max_soft!r}")
+    return float(max_soft)
+
+def fourier_noise(
+    size:tuple, # Spatial size: `(L,)`, `(H, W)` or `(D, H, W)`
+    n:int, # How many noise samples
+    decay_power:float=3., # Amplitude of frequency `f` falls as `1/f**decay_power`: larger, smoother masks
+    device=None # Where to make them: the batch's device
+)->Tensor:
+    "`n` samples `(n, *size)` of low-frequency noise: a random complex spectrum, its amplitude falling as `1/f**decay_power`, transformed back"
+    key = (tuple(size), float(decay_power), str(device))
+    if key not in _spectra:
+        # frequencies of `rfftn`'s layout: full along every dimension but the last, half along the last
+        fs = [torch.fft.fftfreq(s, device=device) for s in size[:-1]] + [torch.fft.rfftfreq(size[-1], device=device)]
+        f = sum(t.view(*[1]*i, -1, *[1]*(len(size)-1-i))**2 for i, t in enumerate(fs)).sqrt()
+        # the lowest frequency, 1/max(size), also stands for 0: the paper's code
+        _spectra[key] = (1 / f.clamp(min=1/max(size)) ** decay_power)[..., None]
+    scale = _spectra[key]
+    spec = torch.view_as_complex(torch.randn(n, *scale.shape[:-1], 2, device=device) * scale)
+    return torch.fft.irfftn(spec, s=size, dim=tuple(range(1, len(size)+1)))
+
+def _fmix_take(
+    noise:Tensor, # `(bs, *size)` noise
+    k:Tensor, # How many elements each sample keeps, `(bs,)` whole numbers as floats
+    max_soft:float=0. # Fraction of elements blended on each side of the edge
+)->Tensor:
+    "Where each sample takes its partner's value: boolean, False at its `k` largest noise values; with `max_soft`, the partner's weight, a ramp across the edge"
+    bs, sz = noise.shape[0], noise.shape[1:]
+    flat = noise.reshape(bs, -1)
+    n = flat.shape[1]
+    # each element's rank in its sample: exactly `k` ranks are below `k`, whatever the ties
+    order = flat.argsort(1, descending=True)
+    key = ('index', n, str(noise.device))
+    if key not in _axes: _axes[key] = torch.arange(n, device=noise.device)
+    rank = torch.empty_like(order).scatter_(1, order, _axes[key].expand(bs, n))
+    k = k[:, None]
+    if not max_soft: return (rank >= k).view(bs, *sz)
+    # the paper's soft edge: ranks k-s ... k+s-1 go from 1 down to 0 in equal steps, so the weights still sum to `k`
+    s = torch.minimum(torch.minimum(k, n-k), torch.full_like(k, math.floor(n*max_soft)))
+    ramp = ((k + s - 1 - rank) / (2*s - 1).clamp(min=1)).clamp_(0, 1)
+    own = torch.where(s > 0, ramp, (rank < k).float())
+    return (1 - own).view(bs, *sz)
+
+def fmix_mask(
+    size:tuple, # Spatial size: `(L,)`, `(H, W)` or `(D, H, W)`
+    lam:Tensor, # Fraction of each sample to keep, `(bs,)`, on the batch's device
+    decay_power:float=3., # Amplitude of frequency `f` falls as `1/f**decay_power`: larger, smoother masks
+    max_soft:float=0. # Fraction of elements blended on each side of the mask's edge, in [0, 0.5]; 0: a binary mask
+)->tuple:
+    "FMix's masks `(bs, *size)` on `lam`'s device: True where a sample takes its partner's value, all but `round(lam*n)` elements (float weights if `max_soft`); and each sample's exact kept fraction"
+    decay_power, max_soft = check_positive(decay_power, 'decay_power'), check_soft(max_soft)
+    n = math.prod(size)
+    k = torch.round(lam * n)
+    return _fmix_take(fourier_noise(size, lam.shape[0], decay_power, lam.device), k, max_soft), k / n
+
+def _fmix_lerp(
+    take:Tensor, # The partner's weight `(1 or bs, *size)`, from `_fmix_take`
+    shift:int|Tensor # Partner offset from `draw_shift`, or each sample's partner index
+):
+    "`paste(t, tp)` for `_paste_batch` with a soft mask: each element blended with its partner's, `take` (one row, or one per sample) the partner's weight"
+    d = take.ndim - 1
+    def paste(t, tp):
+        _check_float(tp, "FMix with max_soft > 0 (it blends values across the mask's edge)")
+        w = torch.rsub(take, 1).to(tp.dtype)
+        w = w.view(w.shape[0], *[1]*(tp.ndim-d-1), *w.shape[1:]).expand(tp.shape[0], *[1]*(tp.ndim-d-1), *w.shape[1:])
+        return _like(_lerp_partner(tp, w, shift), t)
+    return paste
+
+def fmix_batch(
+    xb:Tensor|tuple, # Inputs `(bs, C, *size)`: a tensor, or a tuple of them
+    yb:Tensor|tuple=(), # Targets: a tensor, or a tuple of them
+    alpha:float=1., # Concentration of `Beta(alpha, alpha)`: finite, > 0
+    decay_power:float=3., # Amplitude of frequency `f` falls as `1/f**decay_power`: larger, smoother masks
+    max_soft:float=0., # Fraction of elements blended on each side of the mask's edge, in [0, 0.5]; 0: binary masks, values copied
+    per_sample:bool=False, # One mask per sample (True) or one for the batch
+    p:float=1., # Chance that the batch (or, per sample, a sample) is mixed at all
+    y_int:bool=True, # True: keep the partners' targets for `mix_loss`; False: interpolate the (float) targets
+    draws:DrawAhead|None=None, # Per-sample masks only: take λ from these draws made ahead; default: draw for this batch
+    mask_targets:bool|tuple|None=None, # Targets to paste like the inputs: None, fastai's `TensorMask`s; True, all with the inputs' spatial size; or their indices
+    pairing:str|LabelKernel='random', # Who is paired with whom: 'random', 'same_class', 'other_class' or a `LabelKernel`
+    shift:int|Tensor|None=None # The partners, when given (`MixChoice` gives every method the same); default: drawn as `pairing` says
+)->Mixed:
+    "FMix (https://arxiv.org/abs/2002.12047): each sample takes its partner's values where low-frequency noise is lowest; `lam` is the exact fraction it kept"
+    alpha, decay_power, max_soft = check_alpha(alpha), check_positive(decay_power, 'decay_power'), check_soft(max_soft)
+    p, per_sample, pairing = check_prob(p), check_flag(per_sample, 'per_sample'), check_pairing(pairing)
+    xs, ys, xps, yps = _batch(xb, yb)
+    x0 = xps[0]; bs, size, dev = x0.shape[0], _spatial_size(x0, 'FMix'), x0.device
+    if max_soft and _mask_targets(ys, yps, size, mask_targets): raise ValueError(
+        "FMix with max_soft > 0 blends the values along the mask's edge, and a segmentation mask's classes can't be blended: "
+        "use max_soft=0 with mask targets (or `mask_targets=False` to mix them as labels)")
+    n, shift = math.prod(size), (_pairs(pairing, ys, bs) if shift is None else shift)
+    if per_sample:
+        lam = _draw(draws, sample_lam, bs, alpha, device=dev, p=p)
+        if not _mixes(shift): return Mixed(xs, ys, None, torch.ones(bs, device=dev), 0)
+        k = torch.round(lam * n)
+        lam = k / n
+        take = _fmix_take(fourier_noise(size, bs, decay_power, dev), k, max_soft)
+    else:
+        if random.random() >= p: shift = 0
+        k = round(random.betavariate(alpha, alpha) * n)
+        if not _mixes(shift): return Mixed(xs, ys, None, 1., 0)
+        lam = k / n
+        # one mask for the batch, seen by every sample through a stride 0 dimension
+        take = _fmix_take(fourier_noise(size, 1, decay_power, dev), torch.full((1,), float(k), device=dev), max_soft)
+    paste = _fmix_lerp(take, shift) if max_soft else _mask_paste(take.expand(bs, *size), shift)
+    return _paste_batch(xs, ys, xps, yps, size, paste, lam, shift, y_int, mask_targets)

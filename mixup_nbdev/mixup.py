@@ -12,7 +12,8 @@ from .functional import _pairs, _plain, _like
 _all_ = ['reduce_loss']  # fastai's `__all__` has it: `from mixup_nbdev.mixup import *` gives what fastai's gives
 
 # %% auto #0
-__all__ = ['MixHandler', 'MixUp', 'mixed_batch', 'show_mixed', 'CutMix', 'CutMixUp', 'MixChoice', 'reduce_loss']
+__all__ = ['MixHandler', 'MixUp', 'mixed_batch', 'show_mixed', 'CutMix', 'CutMixUp', 'ResizeMix', 'FMix', 'MixChoice',
+           'reduce_loss']
 
 # %% ../nbs/01_mixup.ipynb #79e3b74d
 class _MixedLossOnce:
@@ -220,6 +221,48 @@ class CutMixUp(MixHandler):
         "CutMix or MixUp the batch, as `cutmixup_batch`"
         return cutmixup_batch(self.learn.xb, self.learn.yb, self.at(self.mixup_alpha), self.at(self.cutmix_alpha), self.at(self.switch_prob),
                               self.per_sample, self.at(self.p), self.stack_y, self.inplace, self.draws, self.mask_targets, self.pairing, shift)
+
+# %% ../nbs/01_mixup.ipynb #3160a4d8
+class ResizeMix(MixHandler):
+    "Implementation of https://arxiv.org/abs/2012.11101: paste each image's whole partner, resized, into a box"
+    def __init__(self,
+        alpha:float=1., # Concentration of `Beta(alpha, alpha)`: finite, > 0; or a schedule
+        scope:tuple=(0.1, 0.8), # λ before rounding is `lo + (hi-lo)*Beta(alpha, alpha)`, `0 < lo <= hi <= 1` (mmpretrain's `lam_min`, `lam_max`)
+        per_sample:bool=False, # Give each sample its own λ and box, instead of one box for the batch
+        p:float=1., # Chance that a batch (or a sample, when `per_sample`) is mixed at all; or a schedule
+        stop_pct:float=1., # Stop mixing once this fraction of training is done
+        mask_targets:bool|tuple|None=None, # Targets pasted like the images: None, fastai's `TensorMask`s; True, all with the images' size; or their indices
+        pairing:str|LabelKernel='random' # Who is paired with whom: 'random', 'same_class', 'other_class' or a `LabelKernel`
+    ):
+        super().__init__(alpha, p, stop_pct, pairing)
+        self.scope,self.per_sample,self.mask_targets = check_scope(scope),check_flag(per_sample, 'per_sample'),mask_targets
+
+    def mix(self, shift=None)->Mixed:
+        "Paste each sample's partner, resized, into a box; `lam` is the fraction each sample kept"
+        return resizemix_batch(self.learn.xb, self.learn.yb, self.at(self.alpha), self.scope, self.per_sample, self.at(self.p), self.stack_y,
+                               self.draws, self.mask_targets, self.inplace, self.pairing, shift)
+
+# %% ../nbs/01_mixup.ipynb #f8ededcc
+class FMix(MixHandler):
+    "Implementation of https://arxiv.org/abs/2002.12047: paste from each sample's partner where low-frequency noise is lowest"
+    def __init__(self,
+        alpha:float=1., # Concentration of `Beta(alpha, alpha)`: finite, > 0; or a schedule
+        decay_power:float=3., # Amplitude of frequency `f` falls as `1/f**decay_power`: larger, smoother masks
+        max_soft:float=0., # Fraction of elements blended on each side of the mask's edge, in [0, 0.5]; 0: binary masks, values copied
+        per_sample:bool=False, # Give each sample its own λ and mask, instead of one mask for the batch
+        p:float=1., # Chance that a batch (or a sample, when `per_sample`) is mixed at all; or a schedule
+        stop_pct:float=1., # Stop mixing once this fraction of training is done
+        mask_targets:bool|tuple|None=None, # Targets pasted like the images: None, fastai's `TensorMask`s; True, all with the images' size; or their indices
+        pairing:str|LabelKernel='random' # Who is paired with whom: 'random', 'same_class', 'other_class' or a `LabelKernel`
+    ):
+        super().__init__(alpha, p, stop_pct, pairing)
+        self.decay_power,self.max_soft = check_positive(decay_power, 'decay_power'),check_soft(max_soft)
+        self.per_sample,self.mask_targets = check_flag(per_sample, 'per_sample'),mask_targets
+
+    def mix(self, shift=None)->Mixed:
+        "Paste from each sample's partner where its FMix mask says; `lam` is the fraction each sample kept"
+        return fmix_batch(self.learn.xb, self.learn.yb, self.at(self.alpha), self.decay_power, self.max_soft, self.per_sample,
+                          self.at(self.p), self.stack_y, self.draws, self.mask_targets, self.pairing, shift)
 
 # %% ../nbs/01_mixup.ipynb #991b1756
 def _check_weight(w, name): 
