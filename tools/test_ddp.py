@@ -4,8 +4,7 @@
 1. both ranks finish, report the same validation metrics and end with the same weights, `learn.loss_func` is the
    original object on both, and each rank mixed its own shard with its own λ;
 2. a second launch with the same seed gives the same numbers;
-3. a rank that raises inside a batch (CutMixUp, or CutMix before the friends exist) stops the launch within a time
-   limit, and the output names that rank;
+3. a rank that raises inside a batch (CutMixUp) stops the launch within a time limit, and the output names that rank;
 4. a rank that hangs inside a batch (CutMix) makes the others fail at the collective timeout instead of waiting forever.
 Every launch runs under a watchdog that kills all its processes if it overruns, so a hang cannot block CI.
 """
@@ -122,12 +121,10 @@ def driver(a, tmp):
     rc, secs, log = launch(tmp/'b', '--mix', a.mix, '--epochs', a.epochs)
     check(rc == 0 and load(tmp/'b') == r, f"a second launch with the same seed reproduces mixing, metrics and weights exactly ({how(rc, secs)})")
     if rc != 0: print(tail(log))
-    # the failing launches mix with CutMixUp where mixup_nbdev.friends has it, else with CutMix
-    friend = 'cutmixup' if importlib.util.find_spec('mixup_nbdev.friends') else 'cutmix'
     # 3. a rank raises inside a batch, and 4. a rank hangs inside a batch: the other one times out at the gradient
     # all-reduce. Both launches run at once: the second one mostly waits.
     with ThreadPoolExecutor(2) as ex:
-        c = ex.submit(launch, tmp/'c', '--mix', friend, '--epochs', 1, '--fail_mode', 'raise', '--timeout', 60, limit=180)
+        c = ex.submit(launch, tmp/'c', '--mix', 'cutmixup', '--epochs', 1, '--fail_mode', 'raise', '--timeout', 60, limit=180)
         d = ex.submit(launch, tmp/'d', '--mix', 'cutmix', '--epochs', 1, '--fail_mode', 'hang', '--timeout', a.hang_timeout, limit=180)
     rc, secs, log = c.result()
     check(rc not in (0, None), f"a rank that raises stops the launch ({how(rc, secs)})")
