@@ -139,17 +139,14 @@ def _draw(draws:DrawAhead|None, f, n:int, *args, **kwargs):
     return f(*args, n=n, **kwargs) if draws is None else draws(f, n, *args, **kwargs)
 
 # %% ../nbs/00_functional.ipynb #f3d14646
-# PyTorch's C method: fastai replaces `Tensor.as_subclass` by a Python one when it is imported
-_as_subclass = torch._C.TensorBase.as_subclass
-
 def _plain(t:Tensor)->Tensor:
     "`t` as a plain `Tensor` sharing its storage: subclasses such as fastai's `TensorImage` add per-op overhead"
-    return t if type(t) is Tensor else _as_subclass(t, Tensor)
+    return t if type(t) is Tensor else t.as_subclass(Tensor)
 
 def _like(out:Tensor, t:Tensor)->Tensor:
     "`out` with the type and metadata of `t`"
     if type(t) is Tensor or type(out) is type(t): return out
-    res = _as_subclass(out, type(t))
+    res = out.as_subclass(type(t))
     res.__dict__.update(getattr(t, '__dict__', {}))
     return res
 

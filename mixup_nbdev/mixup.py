@@ -71,8 +71,8 @@ class MixHandler(Callback):
         self.alpha = c.item()
 
     def _set(self, lam=None, yb1=None, shift=0, **kwargs):
-        # straight into `__dict__`: fastai's `Callback.__setattr__` looks each name up on the learner first, which costs more than mixing a small batch
-        self.__dict__.update(lam=lam, yb1=yb1, shift=shift, **kwargs)
+        "Set the batch's state: `lam`, `yb1`, `shift`, and `kwargs`"
+        for k,v in dict(lam=lam, yb1=yb1, shift=shift, **kwargs).items(): setattr(self, k, v)
 
     def _setup(self):
         "Read from the loss whether it takes class indices (`stack_y`), as fastai does in `before_train`, and check it can give per-sample losses"
