@@ -149,8 +149,8 @@ def candidates(shape, device='cpu'):
     from timm.data import Mixup as TimmMixup
     from torchvision.transforms import v2
     import mixup_nbdev.functional as functional
-    from mixup_nbdev.functional import mixup_batch, cutmix_batch, rand_box, rand_boxes, sample_lam, DrawAhead
-    from mixup_nbdev.mixup import MixUp, CutMix
+    from mixup_nbdev.functional import mixup_batch, cutmix_batch, resizemix_batch, fmix_batch, rand_box, rand_boxes, sample_lam, DrawAhead
+    from mixup_nbdev.mixup import MixUp, CutMix, ResizeMix, FMix, MixChoice
 
     class MixUpPlainSet(MixUp):
         "`MixUp` whose per-batch state goes through fastai's `Callback.__setattr__`, as plain attribute assignments"
@@ -185,8 +185,9 @@ def candidates(shape, device='cpu'):
     tv_mixup, tv_cutmix = v2.MixUp(alpha=.4, num_classes=nc), v2.CutMix(alpha=1., num_classes=nc)
     last = {}
     def keep(m): last['lam'] = m.lam; return m
-    mu_draws, ps_draws = DrawAhead(), DrawAhead()
+    mu_draws, ps_draws, rs_draws = DrawAhead(), DrawAhead(), DrawAhead()
     R, M, C, S = 'reference', 'MixUp', 'CutMix', 'CutMix per sample'
+    FM, RM, RS, MC = 'FMix', 'ResizeMix', 'ResizeMix per sample', 'MixChoice per sample'
     TA, TD, TR, TS = TRICK_GROUPS
     def via(name, value, cb_or_f):
         "A callback's (dict from `on_learner`) or a function's call, with `functional.name` set to `value`"
@@ -215,6 +216,14 @@ def candidates(shape, device='cpu'):
         Cand('cutmix_batch per_sample, draws', S, 'ours', lambda: cutmix_batch(x, y, 1., per_sample=True, draws=ps_draws), draws=ps_draws),
         Cand('CutMix(per_sample=True) callback', S, 'ours', **on_learner(CutMix(1., per_sample=True), False)),
         Cand('Mixup cutmix elem', S, 'timm', timm(mixup_alpha=0., cutmix_alpha=1., mode='elem')),
+        # the newer methods: no peer installed here has them
+        Cand('fmix_batch', FM, 'ours', lambda: fmix_batch(x, y), target=False),
+        Cand('FMix callback', FM, 'ours', **on_learner(FMix(), False)),
+        Cand('resizemix_batch (in place)', RM, 'ours', lambda: keep(resizemix_batch(x, y, inplace=True)), lam=lambda: last['lam']),
+        Cand('ResizeMix callback', RM, 'ours', **on_learner(ResizeMix(), False)),
+        Cand('resizemix_batch per_sample, draws', RS, 'ours', lambda: resizemix_batch(x, y, per_sample=True, draws=rs_draws), draws=rs_draws),
+        Cand('ResizeMix(per_sample=True) callback', RS, 'ours', **on_learner(ResizeMix(per_sample=True), False)),
+        Cand('MixChoice(MixUp, CutMix, per_sample=True) callback', MC, 'ours', **on_learner(MixChoice(MixUp(.4), CutMix(1.), per_sample=True), False)),
     ]
     # the tricks, each against its plain version, on the path it is on (a trick the library has dropped has no rows)
     if c_as_subclass is not None: cands += [
@@ -351,7 +360,8 @@ def child(view, rounds, out, mem, smoke=False, threads=None):
 
 # per batch, as a ratio to x.clone() with freed memory reused, for our rows that draw as the callbacks do
 TARGETS = {('MixUp', '224'): 1.6, ('MixUp', '32'): 3.0, ('CutMix', '224'): 1.0, ('CutMix', '32'): 2.5,
-           ('CutMix per sample', '224'): 2.5, ('CutMix per sample', '32'): 5.0}
+           ('CutMix per sample', '224'): 2.5, ('CutMix per sample', '32'): 5.0,
+           ('FMix', '224'): 2.5, ('ResizeMix', '224'): 2.0, ('ResizeMix per sample', '224'): 3.0, ('MixChoice per sample', '224'): 3.0}
 PEERS = ('fastai', 'timm', 'torchvision')
 
 def check_targets(rows, syncs_):
@@ -376,7 +386,7 @@ def check_targets(rows, syncs_):
         elif r['group'] == 'MixUp':
             v = r['peak_batches']
             out.append(dict(target=f"memory {r['shape']}²: {r['name']} peak ≤ 1 batch (+0.01)", value=round(v, 4), ok=v <= 1.01))
-        else:  # a new batch, and its mask: a byte per pixel
+        elif r['group'] == 'CutMix per sample':  # a new batch, and its mask: a byte per pixel
             v = r['peak_batches']
             out.append(dict(target=f"memory {r['shape']}²: {r['name']} peak ≤ 1 batch + mask ({1+r['mask_batches']:.3f}) (+0.01)",
                             value=round(v, 4), ok=v <= 1.01 + r['mask_batches']))
