@@ -272,6 +272,7 @@ def _check_weight(w, name):
 
 class MixChoice(MixHandler):
     "Mix each batch, or each sample, with one of `cbs`, chosen at random with `weights`"
+    _batch_state = MixHandler._batch_state + ('choice',)
     def __init__(self,
         *cbs:MixHandler, # The mixing methods to choose from, e.g. `MixUp(.4), CutMix(1.)`, each with its own settings
         weights:tuple|None=None, # One weight per method, each a number or a schedule (default: all alike)
@@ -300,15 +301,18 @@ class MixChoice(MixHandler):
         super().before_fit()
         for cb in self.cbs: cb._set(); cb._draws.reset()
 
+    def after_fit(self): super().after_fit(); self.choice = None
+
     def mix(self)->Mixed:
         "The batch mixed by the method drawn for it, or for each sample by the method drawn for that sample"
         for cb in self.cbs: cb._set(pct=self.pct)
         ws = [self.at(w) for w in self.weights]
         live = [i for i,w in enumerate(ws) if w > 0]
+        self.choice = None
         if not live: return Mixed(self.learn.xb, self.learn.yb, None, 1., 0)
         if len(live) == 1 or not self.per_sample:  # no draw when there is nothing to choose
-            k = live[0] if len(live) == 1 else random.choices(live, [ws[i] for i in live])[0]
-            return self.cbs[k].mix()
+            self.choice = live[0] if len(live) == 1 else random.choices(live, [ws[i] for i in live])[0]
+            return self.cbs[self.choice].mix()
         x0 = self.learn.xb[0]; bs = x0.shape[0]
         shift = _pairs(self.pairing, tuple(self.learn.yb), bs)
         ms = [self.cbs[i].mix(shift=shift) for i in live]
