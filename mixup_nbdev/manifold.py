@@ -195,6 +195,7 @@ class ManifoldMixup(MixHandler):
 
     def before_fit(self):
         super().before_fit()
+        self._unhook(); self._unguard()  # left by an exception outside any batch
         self.sites,self.chosen = None,[]
 
     def before_train(self):
