@@ -106,11 +106,10 @@ class MixHandler(Callback):
 
     def before_batch(self):
         "Mix the batch, unless mixing has stopped"
-        pct = getattr(self.learn, 'pct_train', 0.)
-        self._set(pct=pct)
+        self.pct = pct = getattr(self.learn, 'pct_train', 0.)
         if self.stack_y is None: self._setup()
         # fastai sums 1/n into pct_train: ten steps of 0.05 give 0.49999999999999994, so allow for rounding
-        if pct >= self.stop_pct - 1e-9: return
+        if pct >= self.stop_pct - 1e-9: return self._set()
         m = self.mix()
         self.learn.xb,self.learn.yb = m.xb,m.yb
         self._set(m.lam, m.yb1, m.shift)
@@ -305,7 +304,7 @@ class MixChoice(MixHandler):
 
     def mix(self)->Mixed:
         "The batch mixed by the method drawn for it, or for each sample by the method drawn for that sample"
-        for cb in self.cbs: cb._set(pct=self.pct)
+        for cb in self.cbs: cb.pct = self.pct
         ws = [self.at(w) for w in self.weights]
         live = [i for i,w in enumerate(ws) if w > 0]
         self.choice = None
