@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Per-batch cost of MixUp and CutMix: mixup_nbdev against fastai, timm and torchvision, as a ratio to `x.clone()`.
+"""Per-batch cost of MixUp and CutMix: mixup_nbdev against fastai, timm and torchvision, as a ratio to `x.clone()`;
+and of our FMix, ResizeMix and per-sample MixChoice, which none of them has.
 
 Run from the repository root, in the development environment (nothing is installed or downloaded):
 
@@ -19,9 +20,7 @@ page-faults on every fresh batch-sized buffer and so hides extra passes over mem
 Each view runs in its own process, because glibc's settings must be made before torch allocates anything.
 
 The tricks the library keeps are timed against their plain versions in the same rounds ('trick' and 'plain' rows):
-fastai batches converted with PyTorch's C `as_subclass` vs `Tensor.as_subclass` (a Python function once fastai is
-imported); a callback's per-batch state written into `__dict__` vs through fastai's `Callback.__setattr__`; one-box
-CutMix's `_rotate_rows` vs `v.copy_(v.roll(-shift, 0))`; and λ drawn with the former private `torch._sample_dirichlet`
+one-box CutMix's `_rotate_rows` vs `v.copy_(v.roll(-shift, 0))`, and λ drawn with the former private `torch._sample_dirichlet`
 vs the public `Beta`, per batch and from `DrawAhead`'s blocks. The speed targets (`TARGETS`) apply to our rows that
 draw as the callbacks do; every row of ours is compared with the best peer's.
 """
@@ -138,11 +137,11 @@ def patched(mod, name, value, f):
         finally: setattr(mod, name, old)
     return call
 
-TRICK_GROUPS = ('trick: C as_subclass', 'trick: _set by __dict__', 'trick: _rotate_rows', 'trick: _sample_dirichlet')
+TRICK_GROUPS = ('trick: _rotate_rows', 'trick: _sample_dirichlet')
 
 def candidates(shape, device='cpu'):
     "Every candidate, on a batch of `shape`: references, then MixUp, one-box CutMix and per-sample CutMix, then each trick and its plain version"
-    import torch, warnings, inspect
+    import torch, warnings
     warnings.filterwarnings('ignore')
     from fastai.vision.all import TensorImage, TensorCategory, Learner, DataLoaders, DataLoader, CrossEntropyLossFlat, nn
     import fastai.callback.mixup as fa
@@ -152,11 +151,6 @@ def candidates(shape, device='cpu'):
     from mixup_nbdev.functional import mixup_batch, cutmix_batch, resizemix_batch, fmix_batch, rand_box, rand_boxes, sample_lam, DrawAhead
     from mixup_nbdev.mixup import MixUp, CutMix, ResizeMix, FMix, MixChoice
 
-    class MixUpPlainSet(MixUp):
-        "`MixUp` whose per-batch state goes through fastai's `Callback.__setattr__`, as plain attribute assignments"
-        def _set(self, lam=None, yb1=None, shift=0, **kwargs):
-            self.lam, self.yb1, self.shift = lam, yb1, shift
-            for k, v in kwargs.items(): setattr(self, k, v)
     if device == 'meta': _meta_dirichlet()
     bs, nc, size = shape[0], 10, shape[2:]
     torch.manual_seed(0)
@@ -188,12 +182,12 @@ def candidates(shape, device='cpu'):
     mu_draws, ps_draws, rs_draws = DrawAhead(), DrawAhead(), DrawAhead()
     R, M, C, S = 'reference', 'MixUp', 'CutMix', 'CutMix per sample'
     FM, RM, RS, MC = 'FMix', 'ResizeMix', 'ResizeMix per sample', 'MixChoice per sample'
-    TA, TD, TR, TS = TRICK_GROUPS
+    TR, TS = TRICK_GROUPS
     def via(name, value, cb_or_f):
         "A callback's (dict from `on_learner`) or a function's call, with `functional.name` set to `value`"
         kw = cb_or_f if isinstance(cb_or_f, dict) else dict(call=cb_or_f)
         return {**kw, 'call': patched(functional, name, value, kw['call'])}
-    c_as_subclass, rotate = getattr(functional, '_as_subclass', None), getattr(functional, '_rotate_rows', None)
+    rotate = getattr(functional, '_rotate_rows', None)
     lam_draws, lam_draws_dir = DrawAhead(), DrawAhead()
     cands = [
         Cand('x.clone()', R, 'torch', lambda: x.clone()),
@@ -226,12 +220,6 @@ def candidates(shape, device='cpu'):
         Cand('MixChoice(MixUp, CutMix, per_sample=True) callback', MC, 'ours', **on_learner(MixChoice(MixUp(.4), CutMix(1.), per_sample=True), False)),
     ]
     # the tricks, each against its plain version, on the path it is on (a trick the library has dropped has no rows)
-    if c_as_subclass is not None: cands += [
-        Cand('MixUp callback, C as_subclass', TA, 'trick', **via('_as_subclass', c_as_subclass, on_learner(MixUp(.4), False))),
-        Cand('MixUp callback, Tensor.as_subclass', TA, 'plain', **via('_as_subclass', torch.Tensor.as_subclass, on_learner(MixUp(.4), False)))]
-    if '__dict__.update' in inspect.getsource(MixUp._set): cands += [
-        Cand('MixUp callback, _set by __dict__', TD, 'trick', **on_learner(MixUp(.4), False)),
-        Cand('MixUp callback, _set by setattr', TD, 'plain', **on_learner(MixUpPlainSet(.4), False))]
     if rotate is not None: cands += [
         Cand('cutmix_batch (in place), _rotate_rows', TR, 'trick', lam=lambda: last['lam'], **via('_rotate_rows', rotate, lambda: keep(cutmix_batch(x, y, 1., inplace=True)))),
         Cand('cutmix_batch (in place), copy_(roll)', TR, 'plain', lam=lambda: last['lam'], **via('_rotate_rows', rotate_rows_roll, lambda: keep(cutmix_batch(x, y, 1., inplace=True))))]
