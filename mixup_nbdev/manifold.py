@@ -194,6 +194,7 @@ class ManifoldMixup(MixHandler):
         return sites
 
     def before_fit(self):
+        "Start the fit with no site, hook or stand-in from an earlier one"
         super().before_fit()
         self._unhook(); self._unguard()  # left by an exception outside any batch
         self.sites,self.chosen = None,[]
@@ -230,6 +231,7 @@ class ManifoldMixup(MixHandler):
         if self._mixer is not None: self._mixer.remove(); self._mixer = None
 
     def _unguard(self):
+        "Give the learner its own `one_batch` back"
         if self._guard is not None: self._guard.remove(); self._guard = None
 
     def after_pred(self):
@@ -265,6 +267,7 @@ class OutputMixup(MixHandler):
         return _hidden_mix(self, shift)
 
     def before_batch(self):
+        "Draw λ and the partners and mix the targets, as `MixHandler` does"
         self._batch = True
         try: super().before_batch()
         finally: self._batch = False
