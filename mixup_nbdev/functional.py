@@ -19,7 +19,7 @@ __all__ = ['check_alpha', 'check_prob', 'check_flag', 'check_sched', 'sample_lam
            'reduce_loss', 'none_reduce', 'mix_loss', 'rand_box', 'box_lam', 'paste_box', 'box_sides', 'box_mask',
            'rand_boxes', 'draw_boxes', 'paste_mask', 'mask_lam', 'mix_by_mask', 'cutmix_batch', 'cutmixup_batch',
            'check_scope', 'draw_resize_boxes', 'resizemix_batch', 'check_positive', 'check_soft', 'fourier_noise',
-           'fmix_mask', 'fmix_batch']
+           'fmix_mask', 'fmix_batch', 'check_weight', 'check_weights', 'draw_choice', 'mixchoice_batch']
 
 # %% ../nbs/00_functional.ipynb #826a7c60
 def check_alpha(
@@ -1035,3 +1035,70 @@ def fmix_batch(
         take = _fmix_take(fourier_noise(size, 1, decay_power, dev), torch.full((1,), float(k), device=dev), max_soft)
     paste = _fmix_lerp(take, shift) if max_soft else _mask_paste(take.expand(bs, *size), shift)
     return _paste_batch(xs, ys, xps, yps, size, paste, lam, shift, y_int, mask_targets)
+
+# %% ../nbs/00_functional.ipynb #79d4dc9f
+def check_weight(
+    w:float, # A method's weight
+    name:str # The argument's name, for the error message
+)->float:
+    "Return `w` as a float, or raise a clear error if it is not a finite number >= 0"
+    if isinstance(w, bool) or not isinstance(w, numbers.Real) or not 0 <= w < math.inf: raise ValueError(f"`{name}` must be finite numbers >= 0, got {w!r}")
+    return float(w)
+
+def check_weights(
+    weights:tuple|None, # One weight per method; None: all alike
+    n:int, # How many methods
+    check=check_weight # The check of one weight (the callbacks also take schedules)
+)->tuple:
+    "`weights` as a tuple of `n` checked weights"
+    weights = (1.,)*n if weights is None else tuple(weights)
+    if len(weights) != n: raise ValueError(f"give one weight per method: {n} methods, {len(weights)} weights")
+    return tuple(check(w, 'weights') for w in weights)
+
+def draw_choice(
+    weights:tuple, # One weight per method, each a finite number >= 0
+    n:int|None=None, # How many samples to choose for; None: one choice for the batch
+    device=None # Where a per-sample choice is drawn: the batch's device
+)->int|Tensor|None:
+    "The method that mixes the batch (an index into `weights`, drawn on the host), or each of `n` samples (`(n,)`, on `device`), each with probability ∝ its weight; None if every weight is 0"
+    live = [i for i, w in enumerate(weights) if w > 0]
+    if len(live) < 2: return live[0] if live else None  # nothing to choose: no draw
+    if n is None: return random.choices(live, [weights[i] for i in live])[0]
+    # a uniform draw against the weights' running totals, on the device: no host-device sync
+    tot = [sum(weights[i] for i in live[:j+1]) for j in range(len(live))]
+    u = torch.rand(n, device=device) * tot[-1]
+    k = sum((u >= t).long() for t in tot[:-1])
+    return sum((k == j).long() * i for j, i in enumerate(live))
+
+# %% ../nbs/00_functional.ipynb #03011e7b
+def mixchoice_batch(
+    xb:Tensor|tuple, # Inputs: a tensor, or a tuple of them
+    yb:Tensor|tuple=(), # Targets: a tensor, or a tuple of them
+    fs:tuple=(), # The mixing functions, each `f(xb, yb)` (per sample `f(xb, yb, shift=...)`) returning a `Mixed`, e.g. `partial(mixup_batch, alpha=.4)`
+    weights:tuple|None=None, # One weight per function, each a finite number >= 0 (default: all alike)
+    per_sample:bool=False, # Choose for each sample (every function mixes with the same partners) instead of for the batch
+    pairing:str|LabelKernel='random', # Per sample: who is paired with whom (per batch, the chosen function's own)
+    choice:int|Tensor|None=None, # The function of the batch, or of each sample, when given (from `draw_choice`); default: drawn
+    shift:int|Tensor|None=None # The partners, when given; default: drawn as `pairing` says (per batch, by the function)
+)->Mixed:
+    "Mix the batch with one of `fs`, or each sample with its own, chosen with probability ∝ `weights`"
+    if not fs or not all(map(callable, fs)): raise TypeError(
+        f"`fs` must be the mixing functions to choose from, e.g. (partial(mixup_batch, alpha=.4), cutmix_batch), got {fs!r}")
+    weights, per_sample, pairing = check_weights(weights, len(fs)), check_flag(per_sample, 'per_sample'), check_pairing(pairing)
+    xs, ys, xps, _ = _batch(xb, yb)
+    x0 = xps[0]; bs, dev = x0.shape[0], x0.device
+    if choice is None: choice = draw_choice(weights, bs if per_sample else None, dev)
+    if choice is None: return Mixed(xs, ys, None, torch.ones(bs, device=dev) if per_sample else 1., 0)
+    if not isinstance(choice, Tensor): return fs[choice](xb, yb) if shift is None else fs[choice](xb, yb, shift=shift)
+    shift = _pairs(pairing, ys, bs) if shift is None else shift
+    live = [i for i, w in enumerate(weights) if w > 0]
+    ms = [fs[i](xb, yb, shift=shift) for i in live]
+    def pick(ts):
+        "Each sample's row from the result of its own function"
+        out = ts[0]
+        for i, t in zip(live[1:], ts[1:]):
+            out = _like(torch.where((choice == i).view(bs, *[1]*(out.ndim-1)), _plain(t), _plain(out)), ts[0])
+        return out
+    lams = [torch.as_tensor(m.lam, device=dev).expand(bs).float() for m in ms]
+    yb1 = None if all(m.yb1 is None for m in ms) else tuple(map(pick, zip(*[m.yb if m.yb1 is None else m.yb1 for m in ms])))
+    return Mixed(tuple(map(pick, zip(*[m.xb for m in ms]))), tuple(map(pick, zip(*[m.yb for m in ms]))), yb1, pick(lams), shift)

@@ -8,7 +8,6 @@ import inspect, math, numbers, operator, random
 from fastai.basics import *
 from torch.distributions import Beta
 from .functional import *
-from .functional import _pairs, _plain, _like
 _all_ = ['reduce_loss']  # fastai's `__all__` has it: `from mixup_nbdev.mixup import *` gives what fastai's gives
 
 # %% auto #0
@@ -264,11 +263,6 @@ class FMix(MixHandler):
                           self.at(self.p), self.stack_y, self.draws, self.mask_targets, self.pairing, shift)
 
 # %% ../nbs/01_mixup.ipynb #991b1756
-def _check_weight(w, name): 
-    "A method's weight: a number >= 0"
-    if isinstance(w, bool) or not isinstance(w, numbers.Real) or not 0 <= w < math.inf: raise ValueError(f"`{name}` must be finite numbers >= 0, got {w!r}")
-    return float(w)
-
 class MixChoice(MixHandler):
     "Mix each batch, or each sample, with one of `cbs`, chosen at random with `weights`"
     _batch_state = MixHandler._batch_state + ('choice',)
@@ -281,9 +275,7 @@ class MixChoice(MixHandler):
     ):
         if not cbs or not all(isinstance(cb, MixHandler) and not isinstance(cb, MixChoice) for cb in cbs): raise TypeError(
             f"MixChoice chooses among mixing callbacks, e.g. MixChoice(MixUp(.4), CutMix(1.)), got {cbs!r}")
-        weights = (1.,)*len(cbs) if weights is None else tuple(weights)
-        if len(weights) != len(cbs): raise ValueError(f"give one weight per method: {len(cbs)} methods, {len(weights)} weights")
-        self.cbs,self.weights = cbs,tuple(check_sched(w, 'weights', _check_weight) for w in weights)
+        self.cbs,self.weights = cbs,check_weights(weights, len(cbs), lambda w, name: check_sched(w, name, check_weight))
         self.per_sample,self.choice = check_flag(per_sample, 'per_sample'),None
         if self.per_sample:
             for cb in cbs:
@@ -305,27 +297,7 @@ class MixChoice(MixHandler):
     def mix(self)->Mixed:
         "The batch mixed by the method drawn for it, or for each sample by the method drawn for that sample"
         for cb in self.cbs: cb.pct = self.pct
-        ws = [self.at(w) for w in self.weights]
-        live = [i for i,w in enumerate(ws) if w > 0]
-        self.choice = None
-        if not live: return Mixed(self.learn.xb, self.learn.yb, None, 1., 0)
-        if len(live) == 1 or not self.per_sample:  # no draw when there is nothing to choose
-            self.choice = live[0] if len(live) == 1 else random.choices(live, [ws[i] for i in live])[0]
-            return self.cbs[self.choice].mix()
-        x0 = self.learn.xb[0]; bs = x0.shape[0]
-        shift = _pairs(self.pairing, tuple(self.learn.yb), bs)
-        ms = [self.cbs[i].mix(shift=shift) for i in live]
-        # each sample's method: the uniform draw against the weights' running totals, on the device
-        tot = [sum(ws[i] for i in live[:j+1]) for j in range(len(live))]
-        u = torch.rand(bs, device=x0.device) * tot[-1]
-        choice = sum((u >= t).long() for t in tot[:-1])
-        self.choice = sum((choice == j).long() * i for j, i in enumerate(live))  # each sample's method, an index into `cbs`
-        def pick(ts):
-            out = ts[0]
-            for j, t in enumerate(ts[1:], 1):
-                c = (choice == j).view(bs, *[1]*(out.ndim-1))
-                out = _like(torch.where(c, _plain(t), _plain(out)), ts[0])
-            return out
-        lams = [torch.as_tensor(m.lam, device=x0.device).expand(bs).float() for m in ms]
-        yb1 = None if all(m.yb1 is None for m in ms) else tuple(map(pick, zip(*[m.yb if m.yb1 is None else m.yb1 for m in ms])))
-        return Mixed(tuple(map(pick, zip(*[m.xb for m in ms]))), tuple(map(pick, zip(*[m.yb for m in ms]))), yb1, pick(lams), shift)
+        ws, x0 = [self.at(w) for w in self.weights], self.learn.xb[0]
+        self.choice = draw_choice(ws, x0.shape[0] if self.per_sample else None, x0.device)
+        fs = [lambda xb, yb, cb=cb, **kw: cb.mix(**kw) for cb in self.cbs]  # each method mixes `learn.xb`, which is `xb`
+        return mixchoice_batch(self.learn.xb, self.learn.yb, fs, ws, self.per_sample, self.pairing, self.choice)
