@@ -6,7 +6,7 @@ docs page *API tables* (nbs/08_showdoc.ipynb).
 """
 from __future__ import annotations
 import inspect
-from fastcore.docments import DocmentTbl
+from fastcore.docments import DocmentTbl, _bold, _list2row, _maybe_nm
 from nbdev.doclinks import NbdevLookup
 from nbdev.showdoc import BasicMarkdownRenderer
 
@@ -21,6 +21,18 @@ def _param(p:inspect.Parameter)->str:
     return s
 
 
+def _cell(o)->str:
+    "A table cell: a `|` inside it, as in a union type `str|LabelKernel`, escaped so that it does not end the cell"
+    return _maybe_nm(o).replace('|', '\\|')
+
+
+class _Table(DocmentTbl):
+    "fastcore's table of parameters, with each cell escaped"
+    def _row(self, nm, props): return [nm] + [_cell(props[c]) for c in self._columns]
+    @property
+    def return_str(self): return _list2row(['**Returns**'] + [_bold(_cell(self.dm['return'][c])) for c in self._columns])
+
+
 class TableRenderer(BasicMarkdownRenderer):
     "`show_doc` renderer: heading, one-line signature and docstring, then a Type/Default/Details table of the parameters"
     def _repr_markdown_(self):
@@ -32,6 +44,6 @@ class TableRenderer(BasicMarkdownRenderer):
             params = ', '.join(_param(p) for p in self.sig.parameters.values() if p.name != 'self')
             md += f'> **{self.nm}** `({params})`\n\n'
         if self.docs: md += f'*{self.docs.splitlines()[0]}*' + ''.join(f'\n{l}' for l in self.docs.splitlines()[1:]) + '\n\n'
-        try: tbl = DocmentTbl(self.sym)._repr_markdown_()
+        try: tbl = _Table(self.sym)._repr_markdown_()
         except (TypeError, ValueError): tbl = ''  # no signature (a property, a builtin)
         return md + tbl
