@@ -5,11 +5,15 @@
    original object on both, and each rank mixed its own shard with its own λ;
 2. a second launch with the same seed gives the same numbers;
 3. a rank that raises inside a batch (CutMixUp) stops the launch within a time limit, and the output names that rank;
-4. a rank that hangs inside a batch (CutMix) makes the others fail at the collective timeout instead of waiting forever.
+4. a rank that hangs inside a batch (CutMix) makes the others fail at the collective timeout instead of waiting forever;
+5. ManifoldMixup (a residual CNN: the images or a block's output, chosen per batch) and OutputMixup train on 2 ranks
+   with the checks of 1., and, batch by batch on each rank, what reaches the layer after the chosen block (or the
+   loss) is exactly λ·h + (1-λ)·h[partner] of the unmixed h, with the rank's own λ; validation runs the plain model,
+   and no hook is left on the model after the fit.
 Every launch runs under a watchdog that kills all its processes if it overruns, so a hang cannot block CI.
 """
 from __future__ import annotations
-import argparse, importlib.util, json, os, re, shutil, signal, subprocess, sys, tempfile, time
+import argparse, importlib.util, json, math, os, re, shutil, signal, subprocess, sys, tempfile, time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,7 +25,10 @@ def worker(a):
     ex = importlib.util.module_from_spec(spec); spec.loader.exec_module(ex)
     from fastai.vision.all import Callback, rank_distrib, num_distrib
     import torch
+    from torch import nn
+    from fastai.vision.all import ConvLayer, ResBlock, Flatten
     from mixup_nbdev.mixup import MixHandler
+    import mixup_nbdev.manifold  # so that `make_mixer` knows 'manifoldmixup' and 'outputmixup'
 
     class Fingerprint(Callback):
         "Record, for the first `n` training batches of each epoch, the shard's targets and the mixing drawn for it"
@@ -42,19 +49,71 @@ def worker(a):
             if self.mode == 'raise': raise RuntimeError(f"fault injected by the test in batch {self.it}")
             time.sleep(10**6)
 
+    def n_hooks(model): return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+    def expected(h, lam, shift):
+        "λ·h + (1-λ)·h[partner], computed here in float64 rather than with the library's functions"
+        h, bs = h.double(), h.shape[0]
+        idx = shift if isinstance(shift, torch.Tensor) else (torch.arange(bs) + int(shift)) % bs
+        w = lam.double().view(-1, *[1]*(h.ndim-1))
+        return w*h + (1-w)*h[idx]
+
+    class InsideSpy(Callback):
+        "Mixing inside the model, each training batch: the unmixed and the mixed value at the chosen site (or of the output); validation's hooks and output"
+        order = MixHandler.order + 1  # after the mixer's `before_batch` (its hook is on) and its `after_pred` (output mixed, hook off)
+        def before_fit(self): self.train,self.valid,self.hs = [],[],[]
+        def _watch(self, module, pre):
+            "Record what `module` receives (`pre`) or returns, before the mixer's hook (prepended) and after it"
+            raw, seen = [], []
+            if pre: self.hs += [module.register_forward_pre_hook(lambda m, a: raw.append(a[0].detach().clone()), prepend=True),
+                                module.register_forward_pre_hook(lambda m, a: seen.append(a[0].detach().clone()))]
+            else: self.hs += [module.register_forward_hook(lambda m, a, o: raw.append(o.detach().clone()), prepend=True),
+                              module.register_forward_hook(lambda m, a, o: seen.append(o.detach().clone()))]
+            return raw, seen
+        def before_batch(self):
+            self.mix = self.learn.cbs.filter(lambda o: isinstance(o, MixHandler))[0]
+            self.hooks0 = n_hooks(self.learn.model)
+            site = getattr(self.mix, 'site', None) if self.training else None
+            self.site = site.name if site is not None else 'output'
+            self.rec = self._watch(site.module, site.at_input) if site is not None and site.module is not None else self._watch(self.learn.model, False)
+        def after_pred(self):
+            for h in self.hs: h.remove()
+            self.hs = []
+            raw, seen = self.rec
+            if not self.training:
+                self.valid.append(dict(hooks=self.hooks0, plain=bool(torch.equal(self.pred, raw[0]))))
+                return
+            if self.site == 'input': self.train.append(dict(site='input')); return
+            got = self.pred if self.site == 'output' else seen[0]
+            want = expected(raw[0], self.mix.lam, self.mix.shift)
+            self.train.append(dict(site=self.site, calls=len(raw), err=float((got.double() - want).abs().max() / (1 + want.abs().max())),
+                                   moved=float((got.double() - raw[0].double()).abs().max())))
+        def after_cancel_batch(self):
+            for h in self.hs: h.remove()
+            self.hs = []
+
+    def res_cnn():
+        "A small CNN with two of fastai's residual blocks, the places ManifoldMixup finds by itself"
+        return nn.Sequential(ConvLayer(1, 16, stride=2), ResBlock(1, 16, 16), ResBlock(1, 16, 32, stride=2),
+                             nn.AdaptiveAvgPool2d(1), Flatten(), nn.Linear(32, 10))
+
     rank = rank_distrib()
     with ex.rank_errors():
         learn = ex.digits_learner(a.bs, a.seed, cpu=True)
+        if a.model == 'res_cnn':
+            torch.manual_seed(a.seed); learn.model = res_cnn()
         lf, model = learn.loss_func, learn.model
         fp = Fingerprint()
-        cbs = [ex.make_mixer(a.mix), fp] + ([Fault(a.fail_rank, 3, a.fail_mode)] if a.fail_mode else [])
+        inside = [InsideSpy()] if a.mix in ('manifoldmixup', 'outputmixup') else []
+        cbs = [ex.make_mixer(a.mix), fp] + inside + ([Fault(a.fail_rank, 3, a.fail_mode)] if a.fail_mode else [])
         ex.fit_distributed(learn, a.epochs, 1e-2, cbs, a.seed, cpu=True, timeout=a.timeout)
         mix = learn.cbs.filter(lambda o: isinstance(o, MixHandler))
     res = dict(rank=rank, world_size=num_distrib(), backend=torch.distributed.get_backend(),
                metric_names=list(learn.recorder.metric_names[1:-1]), values=[list(map(float, v)) for v in learn.recorder.values],
                loss_func_is_original=learn.loss_func is lf, model_unwrapped=learn.model is model,
                mixer_left_in_cbs=len(mix), params=float(sum(p.double().sum() for p in learn.model.parameters())),
-               batches=fp.batches)
+               batches=fp.batches, hooks_after_fit=n_hooks(learn.model), one_batch_own='one_batch' not in learn.__dict__,
+               inside=dict(train=inside[0].train, valid=inside[0].valid) if inside else None)
     Path(a.out, f'rank{rank}.json').write_text(json.dumps(res))
 
 # ------------------------------------------------------------------------------------------------------- driver
@@ -96,27 +155,50 @@ def how(rc, secs): return f"killed by the watchdog after {secs:.0f} s" if rc is 
 
 def load(out): return [json.loads(Path(out, f'rank{r}.json').read_text()) if Path(out, f'rank{r}.json').exists() else None for r in (0, 1)]
 
-def driver(a, tmp):
-    check = Checks()
-    tail = lambda s: '\n'.join(s.splitlines()[-30:])
-    # 1. a healthy run
-    rc, secs, log = launch(tmp/'a', '--mix', a.mix, '--epochs', a.epochs)
-    r = load(tmp/'a')
-    check(rc == 0 and all(r), f"torchrun with 2 ranks and {a.mix} finished ({how(rc, secs)})")
-    if rc != 0 or not all(r): print(tail(log)); return check.failed
+tail = lambda s: '\n'.join(s.splitlines()[-30:])
+
+def healthy(check, rc, secs, log, r, mix, epochs, bs):
+    "The checks of a run that should train: both ranks, in sync, each mixing its own shard; False if it did not finish"
+    check(rc == 0 and all(r), f"torchrun with 2 ranks and {mix} finished ({how(rc, secs)})")
+    if rc != 0 or not all(r): print(tail(log)); return False
     r0, r1 = r
     check(r0['world_size'] == r1['world_size'] == 2 and r0['backend'] == r1['backend'] == 'gloo', "2 ranks over gloo")
-    check(len(r0['values']) == a.epochs, f"{a.epochs} epochs recorded")
+    check(len(r0['values']) == epochs, f"{epochs} epochs recorded")
     check(r0['values'] == r1['values'], f"both ranks report the same losses and metrics: {r0['values'][-1]} {r0['metric_names']}")
+    check(all(math.isfinite(v) for v in sum(r0['values'], [])), "losses and metrics finite")
     check(r0['params'] == r1['params'], "both ranks end with the same weights")
     check(r0['loss_func_is_original'] and r1['loss_func_is_original'], "learn.loss_func is the original object on both ranks")
     check(r0['model_unwrapped'] and r1['model_unwrapped'], "learn.model is the original module again after distrib_ctx")
     check(r0['mixer_left_in_cbs'] == r1['mixer_left_in_cbs'] == 0, "the mixing callback is removed after fit on both ranks")
     b0, b1 = r0['batches'], r1['batches']
-    check(len(b0) == len(b1) == 3*a.epochs, "fingerprints of the first 3 batches of each epoch on both ranks")
+    check(len(b0) == len(b1) == 3*epochs, "fingerprints of the first 3 batches of each epoch on both ranks")
     check(all(p['y'] != q['y'] for p,q in zip(b0, b1)), "each rank trains on its own shard (targets differ)")
     check(all(p['lam'] != q['lam'] and p['x'] != q['x'] for p,q in zip(b0, b1)), "each rank mixes its own shard with its own λ")
-    check(all(len(p['y']) == a.bs and min(p['lam']) < 1 for p in b0 + b1), f"shards of {a.bs} samples, mixed")
+    check(all(len(p['y']) == bs and min(p['lam']) < 1 for p in b0 + b1), f"shards of {bs} samples, mixed")
+    check(r0['hooks_after_fit'] == r1['hooks_after_fit'] == 0 and r0['one_batch_own'] and r1['one_batch_own'],
+          "no hook left on the model, and the learner's own one_batch, after fit on both ranks")
+    return True
+
+def inside_checks(check, r, mix):
+    "ManifoldMixup and OutputMixup: the mixing inside the model on each rank, batch by batch, and validation unmixed"
+    for rank, res in enumerate(r):
+        t, v = res['inside']['train'], res['inside']['valid']
+        hidden = [b for b in t if b['site'] != 'input']
+        sites = sorted({b['site'] for b in t})
+        if mix == 'manifoldmixup':
+            check(len(hidden) > 0 and len(sites) >= 2, f"rank {rank}: sites chosen over {len(t)} batches: {sites}")
+        else: check(len(hidden) == len(t) > 0 and sites == ['output'], f"rank {rank}: the output mixed in all {len(t)} training batches")
+        check(all(b['calls'] == 1 and b['err'] < 1e-5 and b['moved'] > 0 for b in hidden),
+              f"rank {rank}: in each of {len(hidden)} batches, what follows the {'chosen block' if mix == 'manifoldmixup' else 'model'} got "
+              f"λ·h + (1-λ)·h[partner] of the unmixed h with the rank's λ (largest error {max([b['err'] for b in hidden], default=0):.1e})")
+        check(len(v) > 0 and all(b['hooks'] == 0 and b['plain'] for b in v), f"rank {rank}: {len(v)} validation batches through the plain model, no hook")
+
+def driver(a, tmp):
+    check = Checks()
+    # 1. a healthy run
+    rc, secs, log = launch(tmp/'a', '--mix', a.mix, '--epochs', a.epochs)
+    r = load(tmp/'a')
+    if not healthy(check, rc, secs, log, r, a.mix, a.epochs, a.bs): return check.failed
     # 2. the same seed gives the same run
     rc, secs, log = launch(tmp/'b', '--mix', a.mix, '--epochs', a.epochs)
     check(rc == 0 and load(tmp/'b') == r, f"a second launch with the same seed reproduces mixing, metrics and weights exactly ({how(rc, secs)})")
@@ -135,6 +217,15 @@ def driver(a, tmp):
     check(rc not in (0, None), f"a rank that hangs makes the launch fail at the {a.hang_timeout:.0f} s timeout, not hang ({how(rc, secs)})")
     check('rank 0/2 failed' in log and 'Timed out' in log, "the output says rank 0 timed out waiting")
     if rc in (0, None) or 'rank 0/2 failed' not in log: print(tail(log))
+    # 5. Manifold Mixup: ManifoldMixup on a residual CNN (the images, or one of its two blocks, per batch), and OutputMixup;
+    # both launches at once, one epoch each
+    with ThreadPoolExecutor(2) as ex:
+        runs = {mix: ex.submit(launch, tmp/mix, '--mix', mix, '--epochs', 1, '--model', 'res_cnn', limit=180)
+                for mix in ('manifoldmixup', 'outputmixup')}
+    for mix, f in runs.items():
+        rc, secs, log = f.result()
+        r = load(tmp/mix)
+        if healthy(check, rc, secs, log, r, mix, 1, a.bs): inside_checks(check, r, mix)
     return check.failed
 
 if __name__ == '__main__':
@@ -149,6 +240,7 @@ if __name__ == '__main__':
     p.add_argument('--hang_timeout', type=float, default=20, help='collective timeout in the hanging-rank launch (driver)')
     p.add_argument('--fail_rank', type=int, default=1)
     p.add_argument('--fail_mode', choices=['raise', 'hang'])
+    p.add_argument('--model', choices=['small_cnn', 'res_cnn'], default='small_cnn', help="small_cnn, or a CNN with residual blocks (worker)")
     a = p.parse_args()
     if a.worker:
         from torch.distributed.elastic.multiprocessing.errors import record
