@@ -1,0 +1,186 @@
+#!/usr/bin/env python
+"""What Manifold Mixup costs: mixing at a layer against `torch.lerp` of two tensors of the layer's size, and fits of the
+tabular tutorial's model with `ManifoldMixup`, with `OutputMixup` and without mixing.
+
+Run from the repository root, in the development environment (nothing is installed or downloaded):
+
+    python bench/bench_manifold.py           # writes bench/results_manifold.json (about 3 minutes on 2 cores)
+    python bench/bench_manifold.py --quick   # a short look; writes nothing
+    python bench/bench_manifold.py --smoke   # tiny sizes, one round: checks that everything runs (tools/test.sh)
+
+1. At a layer. The activations are those of the tabular tutorial's model (the joined embeddings and numbers, and the
+   two hidden blocks, batch of 32), found with hooks on one real batch, and the output of a residual block of a CIFAR-
+   sized CNN (64×64×32×32). For each, in the same interleaved rounds: `torch.lerp(h, h2, w)` of two ready tensors (what
+   MixUp's blend costs at least), `mix_hidden(h, lam, shift)` (the partners and the blend), a module call under
+   `mixing_at` (entering it, the hook that mixes, leaving it) and the same module call without it. The module is an
+   `nn.Identity`, so the difference of the last two is exactly what `mixing_at` adds to a forward pass, whatever the
+   layer computes. A figure is the median over rounds.
+2. Fits. The tutorial's setup (the breast cancer frame, `tabular_learner(layers=[200, 100])`, `fit_one_cycle(20, 1e-2)`,
+   one torch thread); each round fits each variant once, in a new random order, from the same seed. A variant's
+   overhead is its median over the median without mixing, minus one; the spread is the range over rounds of the ratio
+   of the two fits of the same round.
+"""
+import argparse, json, os, random, sys, time, gc, warnings
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+CNN_SHAPE, SMOKE_CNN_SHAPE = (64, 64, 32, 32), (8, 4, 4, 4)
+TARGETS = dict(layer='the cost added at a layer (mix_hidden, and the hook of mixing_at) no more than torch.lerp of two tensors of that size',
+               fit='a fit with ManifoldMixup or OutputMixup within 3 % of the fit without mixing')
+
+def cancer_dls(bs=32):
+    "The tabular tutorial's data: the breast cancer frame with two categorical and five continuous columns, the same validation rows"
+    from fastai.tabular.all import TabularDataLoaders, RandomSplitter, Categorify, Normalize, range_of
+    from sklearn.datasets import load_breast_cancer
+    import pandas as pd
+    df = load_breast_cancer(as_frame=True).frame
+    df['size'] = pd.qcut(df['mean radius'], 4, labels=['s', 'm', 'l', 'xl']).astype(str)
+    df['texture'] = pd.qcut(df['mean texture'], 3, labels=['smooth', 'mid', 'rough']).astype(str)
+    df['diagnosis'] = df['target'].map({0: 'malignant', 1: 'benign'})
+    conts = ['mean smoothness', 'mean compactness', 'mean concavity', 'worst area', 'worst symmetry']
+    return TabularDataLoaders.from_df(df, y_names='diagnosis', cat_names=['size', 'texture'], cont_names=conts,
+                                      procs=[Categorify, Normalize], valid_idx=RandomSplitter(0.25, seed=42)(range_of(df))[1],
+                                      bs=bs, num_workers=0)
+
+def tabular_shapes(dls):
+    "The shape of the activations at each site `ManifoldMixup` finds in the tutorial's model, on one training batch"
+    import torch
+    from fastai.tabular.all import tabular_learner
+    from mixup_nbdev.manifold import mixable_sites
+    learn = tabular_learner(dls, layers=[200, 100])
+    shapes, hs = {}, []
+    def keep(n, t): shapes.setdefault(n, tuple(t.shape))  # returns None: the hooks change nothing
+    for s in mixable_sites(learn.model):
+        if s.at_input: hs.append(s.module.register_forward_pre_hook(lambda m, a, n=s.name: keep(n, a[0])))
+        else: hs.append(s.module.register_forward_hook(lambda m, a, o, n=s.name: keep(n, o)))
+    xcat, xcont, _ = dls.one_batch()
+    with torch.no_grad(): learn.model.eval()(xcat, xcont)
+    for h in hs: h.remove()
+    return {f"tabular {'join (input of layers)' if n == 'layers' else n}": v for n, v in shapes.items()}
+
+def layer_costs(shapes, rounds, warmup=20):
+    "Median seconds of each candidate at each shape, interleaved in a new random order every round"
+    import torch
+    from torch import nn
+    from mixup_nbdev.functional import sample_lam, draw_shift
+    from mixup_nbdev.manifold import mix_hidden, mixing_at
+    rows = []
+    for key, shape in shapes.items():
+        torch.manual_seed(0)
+        h, h2 = torch.randn(shape), torch.randn(shape)
+        bs, ident = shape[0], nn.Identity()
+        w = torch.rand(bs, *[1]*(len(shape)-1))
+        st = {}
+        def draw(): st['lam'], st['shift'] = sample_lam(.4, bs, larger=True), draw_shift(bs)
+        def hooked():
+            with mixing_at(ident, st['lam'], st['shift']): return ident(h)
+        cands = {'torch.lerp of two tensors': lambda: torch.lerp(h2, h, w),
+                 'mix_hidden': lambda: mix_hidden(h, st['lam'], st['shift']),
+                 'module call under mixing_at': hooked,
+                 'module call': lambda: ident(h)}
+        times, order, shuffle = {k: [] for k in cands}, list(cands), random.Random(0).shuffle
+        gc.disable()
+        try:
+            for r in range(warmup + rounds):
+                random.seed(r); torch.manual_seed(r); draw()
+                shuffle(order)
+                for k in order:
+                    t0 = time.perf_counter(); res = cands[k](); t1 = time.perf_counter()
+                    del res
+                    if r >= warmup: times[k].append(t1 - t0)
+                if r % 50 == 0: gc.collect()
+        finally: gc.enable()
+        med = {k: sorted(v)[len(v)//2] for k, v in times.items()}
+        lerp = med['torch.lerp of two tensors']
+        added = med['module call under mixing_at'] - med['module call']
+        for k in cands:
+            rows.append(dict(site=key, shape=list(shape), mib=round(h.numel()*4/2**20, 3), candidate=k, median_us=1e6*med[k],
+                             q25_us=1e6*sorted(times[k])[len(times[k])//4], q75_us=1e6*sorted(times[k])[3*len(times[k])//4],
+                             ratio_to_lerp=med[k]/lerp, n=len(times[k])))
+        rows.append(dict(site=key, shape=list(shape), mib=round(h.numel()*4/2**20, 3), candidate='added by mixing_at (difference)',
+                         median_us=1e6*added, ratio_to_lerp=added/lerp, n=len(times['module call'])))
+    return rows
+
+def fits(dls_fn, rounds, epochs):
+    "Wall time of `fit_one_cycle` of each variant, every round in a new random order, from the same seed"
+    from fastai.tabular.all import tabular_learner, accuracy, set_seed
+    from mixup_nbdev.manifold import ManifoldMixup, OutputMixup
+    variants = {'no mixing': lambda: None, 'ManifoldMixup': lambda: ManifoldMixup(), 'OutputMixup': lambda: OutputMixup()}
+    times, acc, order = {k: [] for k in variants}, {k: [] for k in variants}, list(variants)
+    load, n_batches = [os.getloadavg()[0]], None
+    for r in range(rounds + 1):  # round 0 warms up
+        random.Random(r).shuffle(order)
+        for k in order:
+            set_seed(0, reproducible=True)
+            learn = tabular_learner(dls_fn(), layers=[200, 100], metrics=accuracy)
+            n_batches = len(learn.dls.train)
+            with learn.no_bar(), learn.no_logging():
+                t0 = time.perf_counter(); learn.fit_one_cycle(epochs, 1e-2, cbs=variants[k]()); t = time.perf_counter() - t0
+            if r: times[k].append(t); acc[k].append(float(learn.recorder.values[-1][-1]))
+        load.append(os.getloadavg()[0])
+    med = {k: sorted(v)[len(v)//2] for k, v in times.items()}
+    base = med['no mixing']
+    rows = []
+    for k in variants:
+        paired = sorted(100*(t/t0 - 1) for t, t0 in zip(times[k], times['no mixing']))
+        rows.append(dict(variant=k, median_s=med[k], min_s=min(times[k]), max_s=max(times[k]),
+                         spread_pct=100*(max(times[k]) - min(times[k]))/med[k], overhead_pct=100*(med[k]/base - 1),
+                         paired_overhead_pct=dict(median=paired[len(paired)//2], min=paired[0], max=paired[-1]),
+                         times_s=times[k], accuracy=acc[k][0]))
+    return rows, load, n_batches
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--smoke', action='store_true', help='tiny sizes, one round of one-epoch fits: checks that everything runs; writes nothing')
+    ap.add_argument('--quick', action='store_true', help='fewer rounds, to look; writes nothing')
+    ap.add_argument('--rounds', type=int, default=7, help='fits of each variant')
+    ap.add_argument('--layer_rounds', type=int, default=400, help='calls of each candidate at a tabular layer (a tenth of them at the CNN block)')
+    ap.add_argument('--epochs', type=int, default=20, help='epochs per fit (the tutorial\'s)')
+    ap.add_argument('--threads', type=int, default=1, help="torch's threads (the tutorial's: 1)")
+    ap.add_argument('--out', default=str(HERE/'results_manifold.json'))
+    a = ap.parse_args()
+    warnings.filterwarnings('ignore')
+    import torch
+    torch.set_num_threads(a.threads)
+    from bench_mix import machine, library_version
+    lib0, t_start = library_version(), time.time()
+    load0 = os.getloadavg()[0]
+    dls = cancer_dls()
+    shapes = tabular_shapes(dls)
+    shapes['CNN residual block output'] = SMOKE_CNN_SHAPE if a.smoke else CNN_SHAPE
+    if a.smoke: shapes = {k: (4,) + tuple(v[1:]) if k.startswith('tabular') else v for k, v in shapes.items()}
+    lr = 3 if a.smoke else 100 if a.quick else a.layer_rounds
+    layer = layer_costs({k: v for k, v in shapes.items() if k.startswith('tabular')}, lr, 2 if a.smoke else 20)
+    layer += layer_costs({k: v for k, v in shapes.items() if not k.startswith('tabular')}, max(3, lr//10), 2 if a.smoke else 5)
+    rounds, epochs = (1, 1) if a.smoke else (2, a.epochs) if a.quick else (a.rounds, a.epochs)
+    fit_rows, load, n_batches = fits(cancer_dls, rounds, epochs)
+    load = [load0] + load
+
+    print(f"mixing at a layer ({torch.get_num_threads()} torch thread{'s' if torch.get_num_threads() > 1 else ''}), median µs, and as a ratio to torch.lerp of two tensors of the size:")
+    for r in layer:
+        print(f"  {r['site']:<34}{str(tuple(r['shape'])):<20}{r['candidate']:<34}{r['median_us']:>10.1f} µs  ×{r['ratio_to_lerp']:.2f}")
+    print(f"fits of the tabular tutorial's model: {epochs} epochs of {n_batches} batches, {rounds} interleaved rounds")
+    for r in fit_rows:
+        p = r['paired_overhead_pct']
+        print(f"  {r['variant']:<16}{r['median_s']:>8.3f} s  {r['overhead_pct']:+6.1f} %  (per round {p['min']:+.1f} to {p['max']:+.1f} %; "
+              f"times {r['min_s']:.3f} to {r['max_s']:.3f} s, spread {r['spread_pct']:.1f} %)")
+    print(f"load average (1 min) during the run: {min(load):.2f} to {max(load):.2f}; {time.time() - t_start:.0f} s")
+    ok = all(r['median_us'] > 0 for r in layer if r['candidate'] != 'added by mixing_at (difference)') and all(len(r['times_s']) == rounds for r in fit_rows)
+    if a.smoke:
+        print('smoke run:', 'everything ran' if ok else 'something is missing'); sys.exit(0 if ok else 1)
+    if a.quick: return
+    if library_version() != lib0: sys.exit("the library's source changed during the run: its figures mix two versions; run it again")
+    added = {r['site']: r['ratio_to_lerp'] for r in layer if r['candidate'] == 'added by mixing_at (difference)'}
+    mh = {r['site']: r['ratio_to_lerp'] for r in layer if r['candidate'] == 'mix_hidden'}
+    met = dict(layer={s: bool(mh[s] <= 1 and added[s] <= 1) for s in mh},
+               fit={r['variant']: bool(abs(r['overhead_pct']) <= 3) for r in fit_rows if r['variant'] != 'no mixing'})
+    defaults = dict(rounds=7, layer_rounds=400, epochs=20, threads=1)
+    out = dict(command='python bench/bench_manifold.py' + ''.join(f' --{k} {getattr(a, k)}' for k, v in defaults.items() if getattr(a, k) != v),
+               started=time.strftime('%Y-%m-%d %H:%M:%S %Z', time.localtime(t_start)), seconds=round(time.time() - t_start),
+               library=lib0, machine=machine(), load_1min=load, targets=TARGETS, met=met,
+               layer=layer, fit=dict(epochs=epochs, batches_per_epoch=n_batches, bs=32, rounds=rounds, rows=fit_rows))
+    Path(a.out).write_text(json.dumps(out, indent=1))
+    print(f"wrote {a.out}")
+
+if __name__ == '__main__': main()
