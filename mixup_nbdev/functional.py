@@ -406,10 +406,10 @@ def _loss_weights(loss_func, y:Tensor)->Tensor|None:
         "fastai's `LabelSmoothingCrossEntropy` with `weight` averages its two terms over different totals, so no mixed loss can reduce like it. "
         "Use `CrossEntropyLossFlat(weight=w, label_smoothing=eps)` (PyTorch's), which mixes exactly")
     if not isinstance(f, (nn.CrossEntropyLoss, nn.NLLLoss)): return None
+    y = _plain(y)
     if getattr(loss_func, 'func', None) is f:  # fastai's flattening: the class axis moved last, targets flattened
         y = y.transpose(loss_func.axis, -1) if y.ndim > 1 else y
         if loss_func.flatten: y = y.reshape(-1)
-    y = _plain(y)
     w = (y != f.ignore_index).to(torch.float32)
     if f.weight is not None: w = w * f.weight.to(torch.float32)[y.clamp(0, f.weight.shape[0]-1)]
     return w
@@ -428,6 +428,8 @@ def mix_loss(
     yb1 = _tup(yb1)
     red = reduction or getattr(loss_func, 'reduction', 'mean')
     with none_reduce(loss_func) as lf: l0,l1 = lf(pred, *yb),lf(pred, *yb1)
+    # the arithmetic on plain tensors: each operation on a fastai tensor type costs a `__torch_function__` call
+    ref, l0, l1 = l0, _plain(l0), _plain(l1)
     if isinstance(lam, Tensor) and lam.ndim == 0: lam = lam.item() if lam.device.type == 'cpu' else lam.expand(l0.shape[0])
     if isinstance(lam, Tensor):
         bs = lam.shape[0]
@@ -439,9 +441,9 @@ def mix_loss(
     else: mix = lambda a, b: torch.lerp(b, a, lam)
     l = mix(l0, l1)
     w0 = _loss_weights(loss_func, yb[0]) if red == 'mean' else None
-    if w0 is None: return reduce_loss(l, red)
+    if w0 is None: return _like(reduce_loss(l, red), ref)
     # a weighted or ignoring 'mean' divides by the targets' total weight: mixed with the same λ as the losses
-    return (l.sum() / mix(w0.view_as(l0), _loss_weights(loss_func, yb1[0]).view_as(l0)).sum()).to(l.dtype)
+    return _like((l.sum() / mix(w0.view_as(l0), _loss_weights(loss_func, yb1[0]).view_as(l0)).sum()).to(l.dtype), ref)
 
 # %% ../nbs/00_functional.ipynb #1b741836
 def rand_box(
