@@ -138,11 +138,15 @@ def _own_batch(cb:MixHandler):
     if not cb._batch: raise TypeError(f"{type(cb).__name__} mixes inside the model, in the events of its own batches, "
                                       "so it can't be one of `MixChoice`'s methods: use it on its own")
 
+def _partners(cb:MixHandler, bs:int):
+    "The partners of a batch of `bs` samples, drawn as `cb.pairing` says (as the mixing functions draw them)"
+    return draw_shift(bs) if cb.pairing == 'random' or bs < 2 else draw_partners(cb.learn.yb[0], cb.pairing)
+
 def _hidden_mix(cb:MixHandler, shift=None)->Mixed:
     "The targets of a batch mixed inside the model: partners `shift` (drawn as `cb.pairing` says when None) and λ, the inputs unchanged"
     xb, yb = tuple(cb.learn.xb), tuple(cb.learn.yb)
     bs, dev = xb[0].shape[0], xb[0].device
-    if shift is None: shift = draw_shift(bs) if cb.pairing == 'random' or bs < 2 else draw_partners(yb[0], cb.pairing)
+    if shift is None: shift = _partners(cb, bs)
     alpha, p, draws = cb.at(cb.alpha), cb.at(cb.p), cb.draws
     lam = (sample_lam(alpha, bs, device=dev, larger=True, p=p) if draws is None
            else draws(sample_lam, bs, alpha, device=dev, larger=True, p=p))  # the same draws as `mixup_batch`'s
@@ -212,7 +216,7 @@ class ManifoldMixup(MixHandler):
         if self.sites is None: self.sites = self.find_sites(self.learn.model)
         cands = ([None] if self.use_input_mixup and all(torch.is_floating_point(x) for x in xb) else []) + self.sites
         bs = xb[0].shape[0]
-        if shift is None: shift = draw_shift(bs) if self.pairing == 'random' or bs < 2 else draw_partners(self.learn.yb[0], self.pairing)
+        if shift is None: shift = _partners(self, bs)
         site = cands[random.randrange(len(cands))]
         self.site = MixSite('input', None, True) if site is None else site
         self.chosen.append(self.site.name)
