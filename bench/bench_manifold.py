@@ -15,10 +15,16 @@ Run from the repository root, in the development environment (nothing is install
    `mixing_at` (entering it, the hook that mixes, leaving it) and the same module call without it. The module is an
    `nn.Identity`, so the difference of the last two is exactly what `mixing_at` adds to a forward pass, whatever the
    layer computes. A figure is the median over rounds.
-2. Fits. The tutorial's setup (the breast cancer frame, `tabular_learner(layers=[200, 100])`, `fit_one_cycle(20, 1e-2)`,
-   one torch thread); each round fits each variant once, in a new random order, from the same seed. A variant's
-   overhead is its median over the median without mixing, minus one; the spread is the range over rounds of the ratio
-   of the two fits of the same round.
+2. Fits. The tutorial's setup (the breast cancer frame, `tabular_learner(layers=[200, 100])`, batches of 32,
+   `fit_one_cycle(..., 1e-2)`, one torch thread). One learner per variant, built from the same seed; each round trains
+   each of them for a few epochs (`--epochs`, 4), in a new random order, so that a change of the machine's speed hits
+   every variant of a round alike (whole 20-epoch fits, interleaved, varied by ±10 % from round to round on a 2-core
+   VM: more than the 3 % to be resolved). A variant's overhead is the median over rounds of its time over the time
+   without mixing of the same round, minus one, with the quartiles. Besides the two callbacks: a callback that does
+   nothing (what fastai's events cost any callback), and `ManifoldMixup` with each of its tricks replaced by the plain
+   version (the mixed loss by two calls of `CrossEntropyLossFlat`; the batch's state set through
+   `Callback.__setattr__`): a trick pays when it is faster in three rounds out of four (the lower quartile of the
+   difference is above 0).
 """
 import argparse, json, os, random, sys, time, gc, warnings
 from pathlib import Path
@@ -68,7 +74,7 @@ def layer_costs(shapes, rounds, warmup=20):
     rows = []
     for key, shape in shapes.items():
         torch.manual_seed(0)
-        h, h2 = torch.randn(shape), torch.randn(shape)
+        h, h2 = torch.randn(shape, requires_grad=True), torch.randn(shape, requires_grad=True)  # activations in training
         bs, ident = shape[0], nn.Identity()
         w = torch.rand(bs, *[1]*(len(shape)-1))
         st = {}
@@ -102,41 +108,77 @@ def layer_costs(shapes, rounds, warmup=20):
                          median_us=1e6*added, ratio_to_lerp=added/lerp, n=len(times['module call'])))
     return rows
 
+def _plain_loss():
+    "The mixed loss without its fast path: `CrossEntropyLossFlat` called for the targets and for the partners' targets"
+    import mixup_nbdev.functional as F_
+    return _patched(F_, '_flat_ce_pair', lambda *a: None)
+
+def _plain_state():
+    "The batch's state set through `Callback.__setattr__`, one attribute at a time"
+    from mixup_nbdev.mixup import MixHandler
+    def put(self, **kwargs):
+        for k, v in kwargs.items(): setattr(self, k, v)
+    return _patched(MixHandler, '_put', put)
+
+class _patched:
+    "Context manager: `obj.name` replaced by `v` inside it"
+    def __init__(self, obj, name, v): self.obj,self.name,self.v = obj,name,v
+    def __enter__(self): self.old = getattr(self.obj, name := self.name); setattr(self.obj, name, self.v)
+    def __exit__(self, *a): setattr(self.obj, self.name, self.old)
+
 def fits(dls_fn, rounds, epochs):
-    "Wall time of `fit_one_cycle` of each variant, every round in a new random order, from the same seed"
-    from fastai.tabular.all import tabular_learner, accuracy, set_seed
+    "Seconds of `fit_one_cycle(epochs)` of each variant's learner, in a new random order every round; overheads paired by round"
+    import contextlib
+    from fastai.tabular.all import tabular_learner, accuracy, set_seed, Callback
     from mixup_nbdev.manifold import ManifoldMixup, OutputMixup
-    variants = {'no mixing': lambda: None, 'ManifoldMixup': lambda: ManifoldMixup(), 'OutputMixup': lambda: OutputMixup()}
-    times, acc, order = {k: [] for k in variants}, {k: [] for k in variants}, list(variants)
-    load, n_batches = [os.getloadavg()[0]], None
+    class Nothing(Callback):
+        "A training callback that does nothing"
+        run_valid = False
+        def before_batch(self): pass
+    none = contextlib.nullcontext
+    variants = {'no mixing': ([], none), 'a callback that does nothing': ([Nothing()], none),
+                'ManifoldMixup': ([ManifoldMixup()], none), 'OutputMixup': ([OutputMixup()], none),
+                'ManifoldMixup, plain: loss twice': ([ManifoldMixup()], _plain_loss),
+                'ManifoldMixup, plain: state by setattr': ([ManifoldMixup()], _plain_state)}
+    learners = {}
+    for k, (cbs, _) in variants.items():
+        set_seed(0, reproducible=True)
+        learners[k] = tabular_learner(dls_fn(), layers=[200, 100], metrics=accuracy, cbs=cbs)
+    times, order = {k: [] for k in variants}, list(variants)
+    load = [os.getloadavg()[0]]
     for r in range(rounds + 1):  # round 0 warms up
         random.Random(r).shuffle(order)
         for k in order:
-            set_seed(0, reproducible=True)
-            learn = tabular_learner(dls_fn(), layers=[200, 100], metrics=accuracy)
-            n_batches = len(learn.dls.train)
-            with learn.no_bar(), learn.no_logging():
-                t0 = time.perf_counter(); learn.fit_one_cycle(epochs, 1e-2, cbs=variants[k]()); t = time.perf_counter() - t0
-            if r: times[k].append(t); acc[k].append(float(learn.recorder.values[-1][-1]))
-        load.append(os.getloadavg()[0])
-    med = {k: sorted(v)[len(v)//2] for k, v in times.items()}
-    base = med['no mixing']
+            learn = learners[k]
+            with learn.no_bar(), learn.no_logging(), variants[k][1]():
+                t0 = time.perf_counter(); learn.fit_one_cycle(epochs, 1e-2); t = time.perf_counter() - t0
+            if r: times[k].append(t)
+        if r % 5 == 0: load.append(os.getloadavg()[0])
+    load.append(os.getloadavg()[0])
+    q = lambda v, f: sorted(v)[int(f*(len(v)-1) + .5)]
+    base, n_batches = times['no mixing'], len(learners['no mixing'].dls.train)
     rows = []
     for k in variants:
-        paired = sorted(100*(t/t0 - 1) for t, t0 in zip(times[k], times['no mixing']))
-        rows.append(dict(variant=k, median_s=med[k], min_s=min(times[k]), max_s=max(times[k]),
-                         spread_pct=100*(max(times[k]) - min(times[k]))/med[k], overhead_pct=100*(med[k]/base - 1),
-                         paired_overhead_pct=dict(median=paired[len(paired)//2], min=paired[0], max=paired[-1]),
-                         times_s=times[k], accuracy=acc[k][0]))
-    return rows, load, n_batches
+        paired = [100*(t/t0 - 1) for t, t0 in zip(times[k], base)]
+        rows.append(dict(variant=k, median_s=q(times[k], .5), min_s=min(times[k]), max_s=max(times[k]),
+                         overhead_pct=q(paired, .5), overhead_q25_pct=q(paired, .25), overhead_q75_pct=q(paired, .75),
+                         per_batch_us=1e6*q(base, .5)*q(paired, .5)/100/(epochs*n_batches), times_s=times[k],
+                         accuracy=float(learners[k].recorder.values[-1][-1])))
+    tricks = []
+    for name, plain in (('mixed loss from one log_softmax', 'ManifoldMixup, plain: loss twice'),
+                        ('batch state into __dict__', 'ManifoldMixup, plain: state by setattr')):
+        gain = [100*(tp - tt)/t0 for tp, tt, t0 in zip(times[plain], times['ManifoldMixup'], base)]
+        tricks.append(dict(trick=name, plain_variant=plain, gain_pct=q(gain, .5), gain_q25_pct=q(gain, .25), gain_q75_pct=q(gain, .75),
+                           gain_us_per_batch=1e6*q(base, .5)*q(gain, .5)/100/(epochs*n_batches), pays=bool(q(gain, .25) > 0)))
+    return rows, tricks, load, n_batches
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--smoke', action='store_true', help='tiny sizes, one round of one-epoch fits: checks that everything runs; writes nothing')
     ap.add_argument('--quick', action='store_true', help='fewer rounds, to look; writes nothing')
-    ap.add_argument('--rounds', type=int, default=7, help='fits of each variant')
+    ap.add_argument('--rounds', type=int, default=30, help='rounds: in each, every variant trains for `--epochs` epochs')
     ap.add_argument('--layer_rounds', type=int, default=400, help='calls of each candidate at a tabular layer (a tenth of them at the CNN block)')
-    ap.add_argument('--epochs', type=int, default=20, help='epochs per fit (the tutorial\'s)')
+    ap.add_argument('--epochs', type=int, default=4, help='epochs per round (the tutorial fits 20)')
     ap.add_argument('--threads', type=int, default=1, help="torch's threads (the tutorial's: 1)")
     ap.add_argument('--out', default=str(HERE/'results_manifold.json'))
     a = ap.parse_args()
@@ -153,18 +195,20 @@ def main():
     lr = 3 if a.smoke else 100 if a.quick else a.layer_rounds
     layer = layer_costs({k: v for k, v in shapes.items() if k.startswith('tabular')}, lr, 2 if a.smoke else 20)
     layer += layer_costs({k: v for k, v in shapes.items() if not k.startswith('tabular')}, max(3, lr//10), 2 if a.smoke else 5)
-    rounds, epochs = (1, 1) if a.smoke else (2, a.epochs) if a.quick else (a.rounds, a.epochs)
-    fit_rows, load, n_batches = fits(cancer_dls, rounds, epochs)
+    rounds, epochs = (1, 1) if a.smoke else (6, a.epochs) if a.quick else (a.rounds, a.epochs)
+    fit_rows, tricks, load, n_batches = fits(cancer_dls, rounds, epochs)
     load = [load0] + load
 
     print(f"mixing at a layer ({torch.get_num_threads()} torch thread{'s' if torch.get_num_threads() > 1 else ''}), median µs, and as a ratio to torch.lerp of two tensors of the size:")
     for r in layer:
         print(f"  {r['site']:<34}{str(tuple(r['shape'])):<20}{r['candidate']:<34}{r['median_us']:>10.1f} µs  ×{r['ratio_to_lerp']:.2f}")
-    print(f"fits of the tabular tutorial's model: {epochs} epochs of {n_batches} batches, {rounds} interleaved rounds")
+    print(f"the tabular tutorial's training: {rounds} interleaved rounds of {epochs} epochs of {n_batches} batches; overhead against no mixing, paired by round")
     for r in fit_rows:
-        p = r['paired_overhead_pct']
-        print(f"  {r['variant']:<16}{r['median_s']:>8.3f} s  {r['overhead_pct']:+6.1f} %  (per round {p['min']:+.1f} to {p['max']:+.1f} %; "
-              f"times {r['min_s']:.3f} to {r['max_s']:.3f} s, spread {r['spread_pct']:.1f} %)")
+        print(f"  {r['variant']:<40}{r['median_s']:>8.3f} s  {r['overhead_pct']:+6.1f} % (quartiles {r['overhead_q25_pct']:+.1f} to "
+              f"{r['overhead_q75_pct']:+.1f} %)  {r['per_batch_us']:>6.0f} µs per batch")
+    for t in tricks:
+        print(f"  trick {t['trick']:<34}gain {t['gain_pct']:+.1f} % (quartiles {t['gain_q25_pct']:+.1f} to {t['gain_q75_pct']:+.1f} %), "
+              f"{t['gain_us_per_batch']:.0f} µs per batch: {'pays' if t['pays'] else 'does not pay'}")
     print(f"load average (1 min) during the run: {min(load):.2f} to {max(load):.2f}; {time.time() - t_start:.0f} s")
     ok = all(r['median_us'] > 0 for r in layer if r['candidate'] != 'added by mixing_at (difference)') and all(len(r['times_s']) == rounds for r in fit_rows)
     if a.smoke:
@@ -174,12 +218,12 @@ def main():
     added = {r['site']: r['ratio_to_lerp'] for r in layer if r['candidate'] == 'added by mixing_at (difference)'}
     mh = {r['site']: r['ratio_to_lerp'] for r in layer if r['candidate'] == 'mix_hidden'}
     met = dict(layer={s: bool(mh[s] <= 1 and added[s] <= 1) for s in mh},
-               fit={r['variant']: bool(abs(r['overhead_pct']) <= 3) for r in fit_rows if r['variant'] != 'no mixing'})
-    defaults = dict(rounds=7, layer_rounds=400, epochs=20, threads=1)
+               fit={r['variant']: bool(r['overhead_pct'] <= 3) for r in fit_rows if r['variant'] in ('ManifoldMixup', 'OutputMixup')})
+    defaults = dict(rounds=30, layer_rounds=400, epochs=4, threads=1)
     out = dict(command='python bench/bench_manifold.py' + ''.join(f' --{k} {getattr(a, k)}' for k, v in defaults.items() if getattr(a, k) != v),
                started=time.strftime('%Y-%m-%d %H:%M:%S %Z', time.localtime(t_start)), seconds=round(time.time() - t_start),
                library=lib0, machine=machine(), load_1min=load, targets=TARGETS, met=met,
-               layer=layer, fit=dict(epochs=epochs, batches_per_epoch=n_batches, bs=32, rounds=rounds, rows=fit_rows))
+               layer=layer, fit=dict(epochs=epochs, batches_per_epoch=n_batches, bs=32, rounds=rounds, rows=fit_rows), tricks=tricks)
     Path(a.out).write_text(json.dumps(out, indent=1))
     print(f"wrote {a.out}")
 

@@ -248,10 +248,11 @@ def _lerp_partner(
     w:Tensor, # Weight of each sample's (or element's) own value, broadcastable to `xp`
     shift:int|Tensor # Partner offset, > 0, or partner index
 )->Tensor:
-    "`w*xp + (1-w)*partner(xp, shift)` in two `lerp`s (rows that wrap around, and the others), with no gathered copy"
+    "`w*xp + (1-w)*partner(xp, shift)`: without a gradient in two `lerp`s (rows that wrap around, and the others), with no gathered copy"
     if isinstance(shift, Tensor): return torch.lerp(xp[shift], xp, w)
+    # with one, autograd keeps what it needs anyway, and a single `lerp` has the cheapest backward
+    if xp.requires_grad: return torch.lerp(xp.roll(-shift, 0), xp, w)
     n = xp.shape[0]-shift
-    if xp.requires_grad: return torch.cat([torch.lerp(xp[shift:], xp[:n], w[:n]), torch.lerp(xp[:shift], xp[n:], w[n:])])
     out = torch.empty_like(xp)
     torch.lerp(xp[shift:], xp[:n], w[:n], out=out[:n])
     torch.lerp(xp[:shift], xp[n:], w[n:], out=out[n:])
@@ -414,6 +415,31 @@ def _loss_weights(loss_func, y:Tensor)->Tensor|None:
     if f.weight is not None: w = w * f.weight.to(torch.float32)[y.clamp(0, f.weight.shape[0]-1)]
     return w
 
+_int_targets = (torch.int8, torch.int16, torch.int32, torch.int64)
+
+def _flat_ce_pair(loss_func, pred, yb:tuple, yb1:tuple):
+    "fastai's `CrossEntropyLossFlat` per element for targets `yb` and `yb1` from one `log_softmax`, on plain tensors, with a tensor of its result's type; None where another loss or input needs the loss itself"
+    f = getattr(loss_func, 'func', None)
+    if not (type(loss_func).__name__ == 'CrossEntropyLossFlat' and type(f) is nn.CrossEntropyLoss and f.weight is None and len(yb) == 1
+            and loss_func.flatten and loss_func.is_2d and not loss_func.floatify and hasattr(loss_func, '_contiguous')): return None
+    y0, y1 = yb[0], yb1[0]
+    if not (isinstance(pred, Tensor) and torch.is_floating_point(pred) and pred.ndim >= 2 and isinstance(y0, Tensor) and isinstance(y1, Tensor)
+            and y0.dtype in _int_targets and y1.dtype in _int_targets and y0.shape == y1.shape): return None
+    ax = loss_func.axis
+    if ax != -1 and not -y0.ndim <= ax < y0.ndim: return None  # fastai's own error
+    # what fastai's `BaseLoss.__call__` does, once for both targets: the class axis last, everything flattened, targets as int64
+    ref = loss_func._contiguous(pred)
+    x = _plain(ref)
+    x = x.view(-1, x.shape[-1])
+    y0, y1 = (_plain(y).transpose(ax, -1).reshape(-1).long() for y in (y0, y1))
+    if y0.shape[0] != x.shape[0]: return None  # fastai's own error
+    lp, ig, eps = F.log_softmax(x, -1), f.ignore_index, f.label_smoothing
+    def ce(y):
+        "PyTorch's cross entropy with class indices: `nll_loss` of the log-probabilities, and its label smoothing term"
+        l = F.nll_loss(lp, y, ignore_index=ig, reduction='none')
+        return l if not eps else (1-eps)*l + (-lp.sum(-1)).masked_fill(y == ig, 0.)*(eps/lp.shape[-1])
+    return ref, ce(y0), ce(y1)
+
 def mix_loss(
     loss_func, # The original loss: `loss_func(pred, *yb)`
     pred:Tensor, # Model output for the mixed batch
@@ -427,9 +453,12 @@ def mix_loss(
     if yb1 is None: return loss_func(pred, *yb)
     yb1 = _tup(yb1)
     red = reduction or getattr(loss_func, 'reduction', 'mean')
-    with none_reduce(loss_func) as lf: l0,l1 = lf(pred, *yb),lf(pred, *yb1)
-    # the arithmetic on plain tensors: each operation on a fastai tensor type costs a `__torch_function__` call
-    ref, l0, l1 = l0, _plain(l0), _plain(l1)
+    ls = _flat_ce_pair(loss_func, pred, yb, yb1)
+    if ls is None:
+        with none_reduce(loss_func) as lf: l0,l1 = lf(pred, *yb),lf(pred, *yb1)
+        # the arithmetic on plain tensors: each operation on a fastai tensor type costs a `__torch_function__` call
+        ls = l0, _plain(l0), _plain(l1)
+    ref, l0, l1 = ls
     if isinstance(lam, Tensor) and lam.ndim == 0: lam = lam.item() if lam.device.type == 'cpu' else lam.expand(l0.shape[0])
     if isinstance(lam, Tensor):
         bs = lam.shape[0]
