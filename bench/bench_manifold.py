@@ -4,7 +4,7 @@ tabular tutorial's model with `ManifoldMixup`, with `OutputMixup` and without mi
 
 Run from the repository root, in the development environment (nothing is installed or downloaded):
 
-    python bench/bench_manifold.py           # writes bench/results_manifold.json (about 3 minutes on 2 cores)
+    python bench/bench_manifold.py           # writes bench/results_manifold.json (about 2 minutes on 2 cores)
     python bench/bench_manifold.py --quick   # a short look; writes nothing
     python bench/bench_manifold.py --smoke   # tiny sizes, one round: checks that everything runs (tools/test.sh)
 
@@ -12,7 +12,9 @@ Run from the repository root, in the development environment (nothing is install
    two hidden blocks, batch of 32), found with hooks on one real batch, and the output of a residual block of a CIFAR-
    sized CNN (64×64×32×32). For each, in the same interleaved rounds: `torch.lerp(h, h2, w)` of two ready tensors (what
    MixUp's blend costs at least), `mix_hidden(h, lam, shift)` (the partners and the blend), a module call under
-   `mixing_at` (entering it, the hook that mixes, leaving it) and the same module call without it. The module is an
+   `mixing_at` (entering it, the hook that mixes, leaving it) and the same module call without it, and the plain blend
+   `torch.lerp(h.roll(-shift, 0), h, lam)` (what `mix_hidden` does without its trick: a rolled copy, and autograd's
+   backward). The activations require a gradient, as in training. The module is an
    `nn.Identity`, so the difference of the last two is exactly what `mixing_at` adds to a forward pass, whatever the
    layer computes. A figure is the median over rounds.
 2. Fits. The tutorial's setup (the breast cancer frame, `tabular_learner(layers=[200, 100])`, batches of 32,
@@ -21,12 +23,11 @@ Run from the repository root, in the development environment (nothing is install
    every variant of a round alike (whole 20-epoch fits, interleaved, varied by ±10 % from round to round on a 2-core
    VM: more than the 3 % to be resolved). A variant's overhead is the median over rounds of its time over the time
    without mixing of the same round, minus one, with the quartiles. Besides the two callbacks: a callback that does
-   nothing (what fastai's events cost any callback), and `ManifoldMixup` with each of its tricks replaced by the plain
-   version (the mixed loss by two calls of `CrossEntropyLossFlat`; the batch's state set through
-   `Callback.__setattr__`): a trick pays when it is faster in three rounds out of four (the lower quartile of the
-   difference is above 0).
+   nothing (what fastai's events cost any callback), and `ManifoldMixup` with the mixed loss computed by two calls of
+   `CrossEntropyLossFlat` (the plain version of its fast path): the trick pays when it is faster in three rounds out of
+   four (the lower quartile of the difference is above 0).
 """
-import argparse, json, os, random, sys, time, gc, warnings
+import argparse, json, math, os, random, sys, time, gc, warnings
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -81,8 +82,10 @@ def layer_costs(shapes, rounds, warmup=20):
         def draw(): st['lam'], st['shift'] = sample_lam(.4, bs, larger=True), draw_shift(bs)
         def hooked():
             with mixing_at(ident, st['lam'], st['shift']): return ident(h)
+        wl = lambda: st['lam'].view(-1, *[1]*(len(shape)-1))
         cands = {'torch.lerp of two tensors': lambda: torch.lerp(h2, h, w),
                  'mix_hidden': lambda: mix_hidden(h, st['lam'], st['shift']),
+                 'plain: lerp with a rolled copy': lambda: torch.lerp(h.roll(-st['shift'], 0), h, wl()),
                  'module call under mixing_at': hooked,
                  'module call': lambda: ident(h)}
         times, order, shuffle = {k: [] for k in cands}, list(cands), random.Random(0).shuffle
@@ -113,13 +116,6 @@ def _plain_loss():
     import mixup_nbdev.functional as F_
     return _patched(F_, '_flat_ce_pair', lambda *a: None)
 
-def _plain_state():
-    "The batch's state set through `Callback.__setattr__`, one attribute at a time"
-    from mixup_nbdev.mixup import MixHandler
-    def put(self, **kwargs):
-        for k, v in kwargs.items(): setattr(self, k, v)
-    return _patched(MixHandler, '_put', put)
-
 class _patched:
     "Context manager: `obj.name` replaced by `v` inside it"
     def __init__(self, obj, name, v): self.obj,self.name,self.v = obj,name,v
@@ -138,8 +134,7 @@ def fits(dls_fn, rounds, epochs):
     none = contextlib.nullcontext
     variants = {'no mixing': ([], none), 'a callback that does nothing': ([Nothing()], none),
                 'ManifoldMixup': ([ManifoldMixup()], none), 'OutputMixup': ([OutputMixup()], none),
-                'ManifoldMixup, plain: loss twice': ([ManifoldMixup()], _plain_loss),
-                'ManifoldMixup, plain: state by setattr': ([ManifoldMixup()], _plain_state)}
+                'ManifoldMixup, plain: loss twice': ([ManifoldMixup()], _plain_loss)}
     learners = {}
     for k, (cbs, _) in variants.items():
         set_seed(0, reproducible=True)
@@ -165,8 +160,7 @@ def fits(dls_fn, rounds, epochs):
                          per_batch_us=1e6*q(base, .5)*q(paired, .5)/100/(epochs*n_batches), times_s=times[k],
                          accuracy=float(learners[k].recorder.values[-1][-1])))
     tricks = []
-    for name, plain in (('mixed loss from one log_softmax', 'ManifoldMixup, plain: loss twice'),
-                        ('batch state into __dict__', 'ManifoldMixup, plain: state by setattr')):
+    for name, plain in (('mixed loss from one log_softmax', 'ManifoldMixup, plain: loss twice'),):
         gain = [100*(tp - tt)/t0 for tp, tt, t0 in zip(times[plain], times['ManifoldMixup'], base)]
         tricks.append(dict(trick=name, plain_variant=plain, gain_pct=q(gain, .5), gain_q25_pct=q(gain, .25), gain_q75_pct=q(gain, .75),
                            gain_us_per_batch=1e6*q(base, .5)*q(gain, .5)/100/(epochs*n_batches), pays=bool(q(gain, .25) > 0)))
@@ -197,6 +191,12 @@ def main():
     layer += layer_costs({k: v for k, v in shapes.items() if not k.startswith('tabular')}, max(3, lr//10), 2 if a.smoke else 5)
     rounds, epochs = (1, 1) if a.smoke else (6, a.epochs) if a.quick else (a.rounds, a.epochs)
     fit_rows, tricks, load, n_batches = fits(cancer_dls, rounds, epochs)
+    for site in [k for k, v in shapes.items() if math.prod(v) >= 2**16]:  # where `mix_hidden` blends with its own backward
+        # against lerp with a rolled copy: pays where their quartiles don't overlap
+        r = {x['candidate']: x for x in layer if x['site'] == site}
+        t, pl = r['mix_hidden'], r['plain: lerp with a rolled copy']
+        tricks.append(dict(trick=f'blend without a rolled copy, {site}', plain_variant=pl['candidate'], gain_us=pl['median_us'] - t['median_us'],
+                           gain_pct=100*(pl['median_us']/t['median_us'] - 1), pays=bool(t['q75_us'] < pl['q25_us'])))
     load = [load0] + load
 
     print(f"mixing at a layer ({torch.get_num_threads()} torch thread{'s' if torch.get_num_threads() > 1 else ''}), median µs, and as a ratio to torch.lerp of two tensors of the size:")
@@ -207,8 +207,9 @@ def main():
         print(f"  {r['variant']:<40}{r['median_s']:>8.3f} s  {r['overhead_pct']:+6.1f} % (quartiles {r['overhead_q25_pct']:+.1f} to "
               f"{r['overhead_q75_pct']:+.1f} %)  {r['per_batch_us']:>6.0f} µs per batch")
     for t in tricks:
-        print(f"  trick {t['trick']:<34}gain {t['gain_pct']:+.1f} % (quartiles {t['gain_q25_pct']:+.1f} to {t['gain_q75_pct']:+.1f} %), "
-              f"{t['gain_us_per_batch']:.0f} µs per batch: {'pays' if t['pays'] else 'does not pay'}")
+        if 'gain_q25_pct' in t: print(f"  trick {t['trick']:<34}gain {t['gain_pct']:+.1f} % of a fit (quartiles {t['gain_q25_pct']:+.1f} to "
+                                      f"{t['gain_q75_pct']:+.1f} %), {t['gain_us_per_batch']:.0f} µs per batch: {'pays' if t['pays'] else 'does not pay'}")
+        else: print(f"  trick {t['trick']}: gain {t['gain_us']:.1f} µs ({t['gain_pct']:+.1f} %): {'pays' if t['pays'] else 'does not pay'}")
     print(f"load average (1 min) during the run: {min(load):.2f} to {max(load):.2f}; {time.time() - t_start:.0f} s")
     ok = all(r['median_us'] > 0 for r in layer if r['candidate'] != 'added by mixing_at (difference)') and all(len(r['times_s']) == rounds for r in fit_rows)
     if a.smoke:

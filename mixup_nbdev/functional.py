@@ -243,20 +243,40 @@ def mix_tensor(
     _check_float(xp)
     return _mix_plain(x, xp, lam, shift) if _mixes(shift) else x
 
-def _lerp_partner(
-    xp:Tensor, # A plain batch, floating point
-    w:Tensor, # Weight of each sample's (or element's) own value, broadcastable to `xp`
-    shift:int|Tensor # Partner offset, > 0, or partner index
-)->Tensor:
-    "`w*xp + (1-w)*partner(xp, shift)`: without a gradient in two `lerp`s (rows that wrap around, and the others), with no gathered copy"
-    if isinstance(shift, Tensor): return torch.lerp(xp[shift], xp, w)
-    # with one, autograd keeps what it needs anyway, and a single `lerp` has the cheapest backward
-    if xp.requires_grad: return torch.lerp(xp.roll(-shift, 0), xp, w)
+def _lerp_rows(xp:Tensor, w:Tensor, shift:int)->Tensor:
+    "`w*xp + (1-w)*xp.roll(-shift, 0)` in two `lerp`s (rows that wrap around, and the others), with no rolled copy"
     n = xp.shape[0]-shift
     out = torch.empty_like(xp)
     torch.lerp(xp[shift:], xp[:n], w[:n], out=out[:n])
     torch.lerp(xp[:shift], xp[n:], w[n:], out=out[n:])
     return out
+
+class _LerpRows(torch.autograd.Function):
+    "`_lerp_rows` for a batch that needs a gradient (hidden activations): its backward, too, reads and writes each value once"
+    @staticmethod
+    def forward(ctx, xp, w, shift):
+        ctx.save_for_backward(w); ctx.shift = shift
+        return _lerp_rows(xp, w, shift)
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        (w,), s = ctx.saved_tensors, ctx.shift
+        n = g.shape[0]-s
+        gx = g*w  # each row's gradient through its own value, then through the rows that took it as their partner
+        gx[s:].addcmul_(g[:n], 1-w[:n])
+        gx[:s].addcmul_(g[n:], 1-w[n:])
+        return gx, None, None
+
+def _lerp_partner(
+    xp:Tensor, # A plain batch, floating point
+    w:Tensor, # Weight of each sample's (or element's) own value, broadcastable to `xp`
+    shift:int|Tensor # Partner offset, > 0, or partner index
+)->Tensor:
+    "`w*xp + (1-w)*partner(xp, shift)`, reading `xp` once and writing the result once, with no gathered copy (for an offset)"
+    if isinstance(shift, Tensor): return torch.lerp(xp[shift], xp, w)
+    if not torch.is_grad_enabled() or not xp.requires_grad: return _lerp_rows(xp, w, shift)
+    if xp.numel() < 2**16 or (isinstance(w, Tensor) and w.requires_grad): return torch.lerp(xp.roll(-shift, 0), xp, w)
+    return _LerpRows.apply(xp, w, shift)
 
 # %% ../nbs/00_functional.ipynb #8ce2d440
 class Mixed(NamedTuple):

@@ -218,21 +218,21 @@ class ManifoldMixup(MixHandler):
         bs = xb[0].shape[0]
         if shift is None: shift = _partners(self, bs)
         site = cands[random.randrange(len(cands))]
-        self._put(site=MixSite('input', None, True) if site is None else site)
+        self.site = MixSite('input', None, True) if site is None else site
         self.chosen.append(self.site.name)
         if site is None: return mixup_batch(xb, self.learn.yb, self.at(self.alpha), self.at(self.p), self.stack_y, self.draws, self.pairing, shift)
         return _hidden_mix(self, shift)
 
     def before_batch(self):
         "Mix the targets, and the inputs or hook the chosen module"
-        self._unhook(); self._put(site=None, _batch=True)
+        self._unhook(); self.site,self._batch = None,True
         try: super().before_batch()
-        finally: self._put(_batch=False)
-        if self.site is not None and self.site.module is not None: self._put(_mixer=mixing_at(self.site, self.lam, self.shift).__enter__())
+        finally: self._batch = False
+        if self.site is not None and self.site.module is not None: self._mixer = mixing_at(self.site, self.lam, self.shift).__enter__()
 
     def _unhook(self):
         "Take this batch's hook off the model, if any"
-        if self._mixer is not None: self._mixer.remove(); self._put(_mixer=None)
+        if self._mixer is not None: self._mixer.remove(); self._mixer = None
 
     def _unguard(self):
         "Give the learner its own `one_batch` back"
@@ -272,9 +272,9 @@ class OutputMixup(MixHandler):
 
     def before_batch(self):
         "Draw λ and the partners and mix the targets, as `MixHandler` does"
-        self._put(_batch=True)
+        self._batch = True
         try: super().before_batch()
-        finally: self._put(_batch=False)
+        finally: self._batch = False
 
     def after_pred(self):
         "Mix `learn.pred`, then have the learner compute the mixed loss"

@@ -69,13 +69,9 @@ class MixHandler(Callback):
             f"`distrib` must be a symmetric Beta(a, a) with one a, got {d!r}: λ is drawn from Beta(alpha, alpha), so set `alpha` instead")
         self.alpha = c.item()
 
-    def _put(self, **kwargs):
-        "Set attributes of the batch's state, this callback's own: straight into the instance, without `Callback.__setattr__`'s search of the learner for a name they would shadow"
-        self.__dict__.update(kwargs)
-
     def _set(self, lam=None, yb1=None, shift=0, **kwargs):
         "Set the batch's state: `lam`, `yb1`, `shift`, and `kwargs`"
-        self._put(lam=lam, yb1=yb1, shift=shift, **kwargs)
+        for k,v in dict(lam=lam, yb1=yb1, shift=shift, **kwargs).items(): setattr(self, k, v)
 
     def _setup(self):
         "Read from the loss whether it takes class indices (`stack_y`), as fastai does in `before_train`, and check it can give per-sample losses"
@@ -109,8 +105,7 @@ class MixHandler(Callback):
 
     def before_batch(self):
         "Mix the batch, unless mixing has stopped"
-        pct = getattr(self.learn, 'pct_train', 0.)
-        self._put(pct=pct)
+        self.pct = pct = getattr(self.learn, 'pct_train', 0.)
         if self.stack_y is None: self._setup()
         # fastai sums 1/n into pct_train: ten steps of 0.05 give 0.49999999999999994, so allow for rounding
         if pct >= self.stop_pct - 1e-9: return self._set()
