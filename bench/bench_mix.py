@@ -137,7 +137,7 @@ def patched(mod, name, value, f):
         finally: setattr(mod, name, old)
     return call
 
-TRICK_GROUPS = ('trick: _rotate_rows', 'trick: _sample_dirichlet')
+TRICK_GROUPS = ('trick: _rotate_rows', 'trick: _sample_dirichlet', 'trick: _blend_choice')
 
 def candidates(shape, device='cpu'):
     "Every candidate, on a batch of `shape`: references, then MixUp, one-box CutMix and per-sample CutMix, then each trick and its plain version"
@@ -148,8 +148,9 @@ def candidates(shape, device='cpu'):
     from timm.data import Mixup as TimmMixup
     from torchvision.transforms import v2
     import mixup_nbdev.functional as functional
-    from mixup_nbdev.functional import mixup_batch, cutmix_batch, resizemix_batch, fmix_batch, rand_box, rand_boxes, sample_lam, DrawAhead
+    from mixup_nbdev.functional import mixup_batch, cutmix_batch, mixchoice_batch, resizemix_batch, fmix_batch, rand_box, rand_boxes, sample_lam, DrawAhead
     from mixup_nbdev.mixup import MixUp, CutMix, ResizeMix, FMix, MixChoice
+    from functools import partial
 
     if device == 'meta': _meta_dirichlet()
     bs, nc, size = shape[0], 10, shape[2:]
@@ -180,9 +181,13 @@ def candidates(shape, device='cpu'):
     last = {}
     def keep(m): last['lam'] = m.lam; return m
     mu_draws, ps_draws, rs_draws = DrawAhead(), DrawAhead(), DrawAhead()
+    def choice_fs():
+        "The functions the MixChoice callback gives `mixchoice_batch`, with their own draws made ahead"
+        return (partial(mixup_batch, alpha=.4, draws=DrawAhead()), partial(cutmix_batch, alpha=1., per_sample=True, draws=DrawAhead()))
+    mc_fs, mc_fs_t, mc_fs_p = choice_fs(), choice_fs(), choice_fs()
     R, M, C, S = 'reference', 'MixUp', 'CutMix', 'CutMix per sample'
     FM, RM, RS, MC = 'FMix', 'ResizeMix', 'ResizeMix per sample', 'MixChoice per sample'
-    TR, TS = TRICK_GROUPS
+    TR, TS, TB = TRICK_GROUPS
     def via(name, value, cb_or_f):
         "A callback's (dict from `on_learner`) or a function's call, with `functional.name` set to `value`"
         kw = cb_or_f if isinstance(cb_or_f, dict) else dict(call=cb_or_f)
@@ -217,6 +222,7 @@ def candidates(shape, device='cpu'):
         Cand('ResizeMix callback', RM, 'ours', **on_learner(ResizeMix(), False)),
         Cand('resizemix_batch per_sample, draws', RS, 'ours', lambda: resizemix_batch(x, y, per_sample=True, draws=rs_draws), draws=rs_draws),
         Cand('ResizeMix(per_sample=True) callback', RS, 'ours', **on_learner(ResizeMix(per_sample=True), False)),
+        Cand('mixchoice_batch(MixUp, CutMix) per_sample, draws', MC, 'ours', lambda: mixchoice_batch(x, y, mc_fs, per_sample=True)),
         Cand('MixChoice(MixUp, CutMix, per_sample=True) callback', MC, 'ours', **on_learner(MixChoice(MixUp(.4), CutMix(1.), per_sample=True), False)),
     ]
     # the tricks, each against its plain version, on the path it is on (a trick the library has dropped has no rows)
@@ -228,6 +234,10 @@ def candidates(shape, device='cpu'):
         Cand('sample_lam per batch, Beta', TS, 'plain', lambda: sample_lam(.4, bs, device, larger=True)),
         Cand('sample_lam, DrawAhead, _sample_dirichlet', TS, 'trick', lambda: lam_draws_dir(sample_lam_dirichlet, bs, .4, device=device, larger=True), draws=lam_draws_dir),
         Cand('sample_lam, DrawAhead, Beta', TS, 'plain', lambda: lam_draws(sample_lam, bs, .4, device=device, larger=True), draws=lam_draws)]
+    blend = getattr(functional, '_blend_choice', None)
+    if blend is not None: cands += [  # per-sample MixChoice in one blend, against each method on the whole batch and rows picked
+        Cand('mixchoice_batch per_sample, _blend_choice', TB, 'trick', **via('_blend_choice', blend, lambda: mixchoice_batch(x, y, mc_fs_t, per_sample=True))),
+        Cand('mixchoice_batch per_sample, each method and torch.where', TB, 'plain', **via('_blend_choice', lambda *a: None, lambda: mixchoice_batch(x, y, mc_fs_p, per_sample=True)))]
     return cands, x
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -1121,6 +1121,50 @@ def draw_choice(
     k = sum((u >= t).long() for t in tot[:-1])
     return sum((k == j).long() * i for j, i in enumerate(live))
 
+# %% ../nbs/00_functional.ipynb #75a5973d
+def _own_weight(f, x0:Tensor, shift)->tuple|None:
+    "Each element's weight of its own value and λ, drawn as `f` draws them, when `f` is `mixup_batch`, or per-sample `cutmix_batch` or `fmix_batch`, given by keyword (a `partial`); else None"
+    g, kw = getattr(f, 'func', None), getattr(f, 'keywords', {})
+    if g not in (mixup_batch, cutmix_batch, fmix_batch) or f.args or 'shift' in kw: return None
+    kw = {**{k: v.default for k, v in inspect.signature(g).parameters.items()}, **kw}
+    if g is not mixup_batch and (not kw['per_sample'] or kw['mask_targets']): return None
+    bs, size, dev = x0.shape[0], tuple(x0.shape[2:]), x0.device
+    alpha, p = check_alpha(kw['alpha']), check_prob(kw['p'])
+    if g is mixup_batch:
+        lam = _draw(kw['draws'], sample_lam, bs, alpha, device=dev, larger=True, p=p)
+        return lam, lam, kw['y_int']
+    if g is cutmix_batch:
+        inside, lam = _draw(kw['draws'], draw_boxes, bs, size, alpha, device=dev, p=p)
+        return ~box_mask(inside, size), lam, kw['y_int']
+    decay_power, max_soft = check_positive(kw['decay_power'], 'decay_power'), check_soft(kw['max_soft'])
+    k = torch.round(_draw(kw['draws'], sample_lam, bs, alpha, device=dev, p=p) * math.prod(size))
+    take = _fmix_take(fourier_noise(size, bs, decay_power, dev), k, max_soft)
+    return (~take if take.dtype == torch.bool else 1 - take), k / math.prod(size), kw['y_int']
+
+def _blend_choice(xs, ys, xps, fs, ids, choice, shift)->Mixed|None:
+    "`mixchoice_batch` per sample in one blend, when each of `fs` mixes a float image batch by a weight per sample or per element (MixUp, CutMix, FMix); else None"
+    x0 = xps[0]
+    if not _mixes(shift) or x0.ndim < 3 or not all(torch.is_floating_point(x) and x.ndim > 2 and x.shape[0] == x0.shape[0]
+                                                 and x.shape[2:] == x0.shape[2:] for x in xps): return None
+    if any(isinstance(f, partial) and f.func is fmix_batch and f.keywords.get('max_soft', 0.) for f in fs): return None
+    ws = []
+    for f in fs:  # in order, so that each draws what it would draw itself
+        w = _own_weight(f, x0, shift)
+        if w is None: return None
+        ws.append(w)
+    if len({y_int for *_, y_int in ws}) > 1: return None
+    bs, d = x0.shape[0], x0.ndim - 2
+    own, lam = None, None
+    for i, (w, l, _) in zip(ids, ws):
+        w = w.view(bs, *[1]*d) if w.ndim == 1 else w  # MixUp: λ is each sample's weight
+        sel = (choice == i).view(bs, *[1]*d)
+        own = w.expand(bs, *x0.shape[2:]).float() if own is None else torch.where(sel, w, own)
+        lam = l.float() if lam is None else torch.where(choice == i, l, lam)
+    lam = _selfless(lam, shift)
+    res = mix_targets(ys, tuple(partner(y, shift) for y in ys), lam, ws[0][2])
+    # every element is `lerp(partner, own value, weight)`: a weight of 0 or 1 copies one of the two exactly
+    return res._replace(xb=tuple(_like(_lerp_partner(xp, own[:,None].to(xp.dtype), shift), x) for x, xp in zip(xs, xps)), shift=shift)
+
 # %% ../nbs/00_functional.ipynb #03011e7b
 def mixchoice_batch(
     xb:Tensor|tuple, # Inputs: a tensor, or a tuple of them
@@ -1143,6 +1187,8 @@ def mixchoice_batch(
     if not isinstance(choice, Tensor): return fs[choice](xb, yb) if shift is None else fs[choice](xb, yb, shift=shift)
     shift = _pairs(pairing, ys, bs) if shift is None else shift
     live = [i for i, w in enumerate(weights) if w > 0]
+    res = _blend_choice(xs, ys, xps, [fs[i] for i in live], live, choice, shift)
+    if res is not None: return res
     ms = [fs[i](xb, yb, shift=shift) for i in live]
     def pick(ts):
         "Each sample's row from the result of its own function"

@@ -145,7 +145,11 @@ class MixUp(MixHandler):
 
     def mix(self, shift=None)->Mixed:
         "Blend each sample with its partner, keeping `lam>=0.5` of itself"
-        return mixup_batch(self.learn.xb, self.learn.yb, self.at(self.alpha), self.at(self.p), self.stack_y, self.draws, self.pairing, shift)
+        return self.mixer()(self.learn.xb, self.learn.yb, shift=shift)
+
+    def mixer(self):
+        "The mixing function with this batch's settings: `mixup_batch`, given `xb`, `yb` and the partners"
+        return partial(mixup_batch, alpha=self.at(self.alpha), p=self.at(self.p), y_int=self.stack_y, draws=self.draws, pairing=self.pairing)
 
 # %% ../nbs/01_mixup.ipynb #44a974c2
 def mixed_batch(
@@ -193,8 +197,12 @@ class CutMix(MixHandler):
 
     def mix(self, shift=None)->Mixed:
         "Paste a box from each sample's partner; `lam` is the fraction each sample kept"
-        return cutmix_batch(self.learn.xb, self.learn.yb, self.at(self.alpha), self.per_sample, self.at(self.p), self.stack_y,
-                            self.inplace, self.draws, self.mask_targets, self.pairing, shift)
+        return self.mixer()(self.learn.xb, self.learn.yb, shift=shift)
+
+    def mixer(self):
+        "The mixing function with this batch's settings: `cutmix_batch`, given `xb`, `yb` and the partners"
+        return partial(cutmix_batch, alpha=self.at(self.alpha), per_sample=self.per_sample, p=self.at(self.p), y_int=self.stack_y,
+                       inplace=self.inplace, draws=self.draws, mask_targets=self.mask_targets, pairing=self.pairing)
 
 # %% ../nbs/01_mixup.ipynb #e1e80ac6
 class CutMixUp(MixHandler):
@@ -259,8 +267,12 @@ class FMix(MixHandler):
 
     def mix(self, shift=None)->Mixed:
         "Paste from each sample's partner where its FMix mask says; `lam` is the fraction each sample kept"
-        return fmix_batch(self.learn.xb, self.learn.yb, self.at(self.alpha), self.decay_power, self.max_soft, self.per_sample,
-                          self.at(self.p), self.stack_y, self.draws, self.mask_targets, self.pairing, shift)
+        return self.mixer()(self.learn.xb, self.learn.yb, shift=shift)
+
+    def mixer(self):
+        "The mixing function with this batch's settings: `fmix_batch`, given `xb`, `yb` and the partners"
+        return partial(fmix_batch, alpha=self.at(self.alpha), decay_power=self.decay_power, max_soft=self.max_soft, per_sample=self.per_sample,
+                       p=self.at(self.p), y_int=self.stack_y, draws=self.draws, mask_targets=self.mask_targets, pairing=self.pairing)
 
 # %% ../nbs/01_mixup.ipynb #991b1756
 class MixChoice(MixHandler):
@@ -299,5 +311,7 @@ class MixChoice(MixHandler):
         for cb in self.cbs: cb.pct = self.pct
         ws, x0 = [self.at(w) for w in self.weights], self.learn.xb[0]
         self.choice = draw_choice(ws, x0.shape[0] if self.per_sample else None, x0.device)
-        fs = [lambda xb, yb, cb=cb, **kw: cb.mix(**kw) for cb in self.cbs]  # each method mixes `learn.xb`, which is `xb`
+        # MixUp, CutMix and FMix as their functions with this batch's settings, which per sample `mixchoice_batch` blends in one
+        # pass; other methods (subclasses with their own `mix` included) mix `learn.xb`, which is `xb`
+        fs = [cb.mixer() if type(cb).mix in (MixUp.mix, CutMix.mix, FMix.mix) else lambda xb, yb, cb=cb, **kw: cb.mix(**kw) for cb in self.cbs]
         return mixchoice_batch(self.learn.xb, self.learn.yb, fs, ws, self.per_sample, self.pairing, self.choice)
