@@ -1122,37 +1122,51 @@ def draw_choice(
     return sum((k == j).long() * i for j, i in enumerate(live))
 
 # %% ../nbs/00_functional.ipynb #75a5973d
-def _own_weight(f, x0:Tensor, shift)->tuple|None:
-    "Each element's weight of its own value and λ, drawn as `f` draws them, when `f` is `mixup_batch`, or per-sample `cutmix_batch` or `fmix_batch`, given by keyword (a `partial`); else None"
+def _blend_args(f)->tuple|None:
+    "`f`'s function and all its arguments when it is `mixup_batch`, `cutmix_batch` or `fmix_batch` given by keyword (a `partial`) and mixes by a weight of each element; else None"
     g, kw = getattr(f, 'func', None), getattr(f, 'keywords', {})
     if g not in (mixup_batch, cutmix_batch, fmix_batch) or f.args or 'shift' in kw: return None
     kw = {**{k: v.default for k, v in inspect.signature(g).parameters.items()}, **kw}
-    if g is not mixup_batch and (not kw['per_sample'] or kw['mask_targets']): return None
+    if g is fmix_batch and kw['max_soft']: return None
+    # with one box or mask for the batch, `p` may leave it unmixed: its samples then keep their own targets
+    if g is not mixup_batch and (kw['mask_targets'] or (not kw['per_sample'] and kw['p'] < 1)): return None
+    return g, kw
+
+def _own_weight(g, kw:dict, x0:Tensor)->tuple:
+    "Each element's weight of its own value, λ and `y_int`, drawn as `g(..., **kw)` draws them"
     bs, size, dev = x0.shape[0], tuple(x0.shape[2:]), x0.device
-    alpha, p = check_alpha(kw['alpha']), check_prob(kw['p'])
+    alpha, p, n = check_alpha(kw['alpha']), check_prob(kw['p']), math.prod(size)
     if g is mixup_batch:
         lam = _draw(kw['draws'], sample_lam, bs, alpha, device=dev, larger=True, p=p)
         return lam, lam, kw['y_int']
     if g is cutmix_batch:
-        inside, lam = _draw(kw['draws'], draw_boxes, bs, size, alpha, device=dev, p=p)
-        return ~box_mask(inside, size), lam, kw['y_int']
+        if kw['per_sample']:
+            inside, lam = _draw(kw['draws'], draw_boxes, bs, size, alpha, device=dev, p=p)
+            return ~box_mask(inside, size), lam, kw['y_int']
+        random.random()  # `p`'s draw, as `cutmix_batch` makes it
+        box = rand_box(size, random.betavariate(alpha, alpha))
+        own = torch.ones(1, *size, dtype=torch.bool, device=dev)
+        own[(slice(None),) + tuple(box)] = False
+        return own, torch.full((bs,), box_lam(size, box), device=dev), kw['y_int']
     decay_power, max_soft = check_positive(kw['decay_power'], 'decay_power'), check_soft(kw['max_soft'])
-    k = torch.round(_draw(kw['draws'], sample_lam, bs, alpha, device=dev, p=p) * math.prod(size))
-    take = _fmix_take(fourier_noise(size, bs, decay_power, dev), k, max_soft)
-    return (~take if take.dtype == torch.bool else 1 - take), k / math.prod(size), kw['y_int']
+    if kw['per_sample']:
+        k = torch.round(_draw(kw['draws'], sample_lam, bs, alpha, device=dev, p=p) * n)
+        take, lam = _fmix_take(fourier_noise(size, bs, decay_power, dev), k, max_soft), k / n
+    else:
+        random.random()  # `p`'s draw, as `fmix_batch` makes it
+        k = round(random.betavariate(alpha, alpha) * n)
+        take = _fmix_take(fourier_noise(size, 1, decay_power, dev), torch.full((1,), float(k), device=dev), max_soft)
+        lam = torch.full((bs,), k / n, device=dev)
+    return (~take if take.dtype == torch.bool else 1 - take), lam, kw['y_int']
 
 def _blend_choice(xs, ys, xps, fs, ids, choice, shift)->Mixed|None:
     "`mixchoice_batch` per sample in one blend, when each of `fs` mixes a float image batch by a weight per sample or per element (MixUp, CutMix, FMix); else None"
     x0 = xps[0]
     if not _mixes(shift) or x0.ndim < 3 or not all(torch.is_floating_point(x) and x.ndim > 2 and x.shape[0] == x0.shape[0]
                                                  and x.shape[2:] == x0.shape[2:] for x in xps): return None
-    if any(isinstance(f, partial) and f.func is fmix_batch and f.keywords.get('max_soft', 0.) for f in fs): return None
-    ws = []
-    for f in fs:  # in order, so that each draws what it would draw itself
-        w = _own_weight(f, x0, shift)
-        if w is None: return None
-        ws.append(w)
-    if len({y_int for *_, y_int in ws}) > 1: return None
+    args = [_blend_args(f) for f in fs]
+    if None in args or len({kw['y_int'] for _, kw in args}) > 1: return None
+    ws = [_own_weight(g, kw, x0) for g, kw in args]  # in order, so that each draws what it would draw itself
     bs, d = x0.shape[0], x0.ndim - 2
     own, lam = None, None
     for i, (w, l, _) in zip(ids, ws):
