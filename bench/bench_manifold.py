@@ -111,27 +111,21 @@ def layer_costs(shapes, rounds, warmup=20):
                          median_us=1e6*added, ratio_to_lerp=added/lerp, n=len(times['module call'])))
     return rows
 
-def _plain_loss():
-    "The mixed loss without its fast path: `CrossEntropyLossFlat` called for the targets and for the partners' targets"
+def _plain_loss(call):
+    "`call` with the mixed loss computed without its fast path: `CrossEntropyLossFlat` called for the targets and for the partners' targets"
     import mixup_nbdev.functional as F_
-    return _patched(F_, '_flat_ce_pair', lambda *a: None)
-
-class _patched:
-    "Context manager: `obj.name` replaced by `v` inside it"
-    def __init__(self, obj, name, v): self.obj,self.name,self.v = obj,name,v
-    def __enter__(self): self.old = getattr(self.obj, name := self.name); setattr(self.obj, name, self.v)
-    def __exit__(self, *a): setattr(self.obj, self.name, self.old)
+    from bench_mix import patched
+    return patched(F_, '_flat_ce_pair', lambda *a: None, call)()
 
 def fits(dls_fn, rounds, epochs):
     "Seconds of `fit_one_cycle(epochs)` of each variant's learner, in a new random order every round; overheads paired by round"
-    import contextlib
     from fastai.tabular.all import tabular_learner, accuracy, set_seed, Callback
     from mixup_nbdev.manifold import ManifoldMixup, OutputMixup
     class Nothing(Callback):
         "A training callback that does nothing"
         run_valid = False
         def before_batch(self): pass
-    none = contextlib.nullcontext
+    none = lambda call: call()
     variants = {'no mixing': ([], none), 'a callback that does nothing': ([Nothing()], none),
                 'ManifoldMixup': ([ManifoldMixup()], none), 'OutputMixup': ([OutputMixup()], none),
                 'ManifoldMixup, plain: loss twice': ([ManifoldMixup()], _plain_loss)}
@@ -145,8 +139,8 @@ def fits(dls_fn, rounds, epochs):
         random.Random(r).shuffle(order)
         for k in order:
             learn = learners[k]
-            with learn.no_bar(), learn.no_logging(), variants[k][1]():
-                t0 = time.perf_counter(); learn.fit_one_cycle(epochs, 1e-2); t = time.perf_counter() - t0
+            with learn.no_bar(), learn.no_logging():
+                t0 = time.perf_counter(); variants[k][1](lambda: learn.fit_one_cycle(epochs, 1e-2)); t = time.perf_counter() - t0
             if r: times[k].append(t)
         if r % 5 == 0: load.append(os.getloadavg()[0])
     load.append(os.getloadavg()[0])

@@ -1122,11 +1122,14 @@ def draw_choice(
     return sum((k == j).long() * i for j, i in enumerate(live))
 
 # %% ../nbs/00_functional.ipynb #75a5973d
+_defaults = {}  # each mixing function's defaults, read once
+
 def _blend_args(f)->tuple|None:
     "`f`'s function and all its arguments when it is `mixup_batch`, `cutmix_batch` or `fmix_batch` given by keyword (a `partial`) and mixes by a weight of each element; else None"
     g, kw = getattr(f, 'func', None), getattr(f, 'keywords', {})
     if g not in (mixup_batch, cutmix_batch, fmix_batch) or f.args or 'shift' in kw: return None
-    kw = {**{k: v.default for k, v in inspect.signature(g).parameters.items()}, **kw}
+    if g not in _defaults: _defaults[g] = {k: v.default for k, v in inspect.signature(g).parameters.items()}
+    kw = {**_defaults[g], **kw}
     if g is fmix_batch and kw['max_soft']: return None
     # with one box or mask for the batch, `p` may leave it unmixed: its samples then keep their own targets
     if g is not mixup_batch and (kw['mask_targets'] or (not kw['per_sample'] and kw['p'] < 1)): return None
