@@ -4,14 +4,14 @@
 
 # %% ../nbs/12_train.ipynb #53d02e29
 from __future__ import annotations
-import importlib
+import importlib, sys
 from fastai.vision.all import *
 from fastcore.script import call_parse
 from .mixup import *
 from .data import *
 
 # %% auto #0
-__all__ = ['mixers', 'make_mixer', 'train', 'main']
+__all__ = ['mixers', 'make_mixer', 'train', 'main', 'PlainLogger']
 
 # %% ../nbs/12_train.ipynb #b01f8e76
 def mixers()->dict:
@@ -47,7 +47,8 @@ def train(
     lr:float=1e-2, # Maximum learning rate
     bs:int=64, # Batch size
     seed:int=42, # Random seed (data split, weights, mixing)
-    picture:str|None='mixed_batch.png' # Where to save a picture of a mixed batch (None: no picture)
+    picture:str|None='mixed_batch.png', # Where to save a picture of a mixed batch (None: no picture)
+    plain:bool=False # Print a plain line per epoch (`PlainLogger`) instead of progress bars
 )->Learner:
     "Train `small_cnn` on the digits with the `mix` callback; save a picture of a mixed batch"
     set_seed(seed, reproducible=True)
@@ -57,6 +58,7 @@ def train(
         show_mixed(dls, cb, nrows=3, ncols=6, figsize=(12, 6.5))
         plt.savefig(picture, bbox_inches='tight'); plt.close()
     learn = Learner(dls, small_cnn(), loss_func=CrossEntropyLossFlat(), metrics=accuracy)
+    if plain: learn.remove_cb(ProgressCallback).add_cb(PlainLogger())
     learn.fit_one_cycle(epochs, lr, cbs=cb)
     return learn
 
@@ -71,8 +73,23 @@ def main(
     seed:int=42, # Random seed
     picture:str='mixed_batch.png' # Picture of a mixed batch ('' for none)
 ):
-    "Train a small CNN on the offline digits dataset with MixUp or CutMix and print fastai's results table"
-    learn = train(mix, alpha, epochs, lr, bs, seed, picture or None)
+    "Train a small CNN on the offline digits dataset with MixUp or CutMix and print fastai's results table (plain lines in a file or pipe)"
+    learn = train(mix, alpha, epochs, lr, bs, seed, picture or None, plain=not sys.stdout.isatty())
     loss, acc = learn.validate()
     print(f'final: mix={mix} valid_loss={loss:.4f} accuracy={acc:.4f}')
     if picture and mix != 'none': print(f'saved a mixed batch to {picture}')
+
+# %% ../nbs/12_train.ipynb #f15147b2
+class PlainLogger(Callback):
+    "Print the results table as plain text, a line per epoch as it ends, for logs that progress bars would fill with redraws"
+    order = Recorder.order + 5  # after the `Recorder` names the columns, before `CSVLogger` passes lines on
+    def before_fit(self):
+        self.widths, self.old_logger = None, self.learn.logger
+        if self.old_logger is not noop: self.learn.logger = self._write; self._write(self.recorder.metric_names)
+
+    def _write(self, log):
+        cells = [f'{v:.6f}' if isinstance(v, float) else str(v) for v in log]
+        if self.widths is None: self.widths = [max(len(c), 8) for c in cells]  # the column names' widths, as fastai's table
+        print('  '.join(c.ljust(w) for c, w in zip(cells, self.widths)).rstrip(), flush=True)
+
+    def after_fit(self): self.learn.logger = self.old_logger
