@@ -26,6 +26,8 @@ gate() {
   return 1
 }
 check "gate: nbdev_clean and nbdev_export leave git status clean" gate
+check "golden outputs: every mixing function's output on a fixed grid, as recorded (tools/test_golden.py)" python tools/test_golden.py
+check "API: every public name, parameter and default as recorded (tools/test_api.py)" python tools/test_api.py
 
 echo "== nbdev_test (every notebook)"
 nbs=$(find nbs -name '*.ipynb' -not -name '_*' -not -path '*/.ipynb_checkpoints/*' | wc -l)
