@@ -5,7 +5,7 @@
 # %% ../nbs/01_draws.ipynb #2c44eb6e
 from __future__ import annotations
 import inspect, math, numbers, random
-from functools import partial
+from functools import partial, wraps
 import torch
 from torch import Tensor
 from torch.distributions import Beta
@@ -15,7 +15,7 @@ from .core import _const, _plain
 # %% auto #0
 __all__ = ['DRAW', 'uniform', 'normal', 'coin', 'draw_int', 'sample_lam', 'host_lam', 'draw_shift', 'self_paired', 'LabelKernel',
            'check_pairing', 'draw_partners', 'draw_pairing', 'DrawAhead', 'draw_choice', 'drawing', 'draw_of',
-           'check_record']
+           'check_record', 'mixing']
 
 # %% ../nbs/01_draws.ipynb #70a3157e
 def uniform(
@@ -270,3 +270,22 @@ def check_record(
     if not _same(m, m1): raise AssertionError(f"{f!r}: the plain call differs from drawing, then applying the record")
     if not _same(f(xb, yb, params=r, **kwargs), m1): raise AssertionError(f"{f!r}: applying the record again gives another output")
     return r
+
+# %% ../nbs/01_draws.ipynb #25ad04e4
+def mixing(
+    draw # The method's draw function, `draw(xb, yb, ...)`: its record has the partners `shift` and each sample's `lam`
+):
+    "Decorator: the mixing function `f(xb, yb, ..., params)` applies `params`, or when it is not given a record that `draw` draws from the arguments of the same names; and gets a draw function with its own arguments (`f.draw`)"
+    def deco(f):
+        sig, names = inspect.signature(f), inspect.signature(draw).parameters
+        @wraps(f)
+        def mixer(*args, params=None, **kwargs):
+            if params is None or params is DRAW:
+                b = sig.bind(*args, **kwargs); b.apply_defaults()
+                r = draw(**{k: v for k, v in b.arguments.items() if k in names})
+                if params is DRAW: return r
+                params = r
+            return f(*args, params=params, **kwargs)
+        drawing(mixer)
+        return mixer
+    return deco

@@ -4,7 +4,6 @@
 
 # %% ../nbs/10_manifold.ipynb #3fd33a01
 from __future__ import annotations
-import random
 from typing import NamedTuple
 import torch
 from torch import Tensor, nn
@@ -138,25 +137,21 @@ def _own_batch(cb:MixHandler):
     if not cb._batch: raise TypeError(f"{type(cb).__name__} mixes inside the model, in the events of its own batches, "
                                       "so it can't be one of `MixChoice`'s methods: use it on its own")
 
-def _partners(cb:MixHandler, bs:int):
-    "The partners of a batch of `bs` samples, drawn as `cb.pairing` says (as the mixing functions draw them)"
-    return draw_shift(bs) if cb.pairing == 'random' or bs < 2 else draw_partners(cb.learn.yb[0], cb.pairing)
+def _draw_hidden(cb:MixHandler, shift=None)->MixUpParams:
+    "MixUp's record for `cb`'s batch, kept as `cb.params`: the partners (`shift` when given) and λ, drawn as `MixUp` draws them"
+    cb.params = r = draw_of(cb.mixer())(cb.learn.xb, cb.learn.yb, shift=shift)
+    return r
 
-def _hidden_mix(cb:MixHandler, shift=None)->Mixed:
-    "The targets of a batch mixed inside the model: partners `shift` (drawn as `cb.pairing` says when None) and λ, the inputs unchanged"
+def _hidden_mix(cb:MixHandler, r:MixUpParams)->Mixed:
+    "The targets of a batch mixed inside the model with MixUp's record `r`, the inputs unchanged"
     xb, yb = tuple(cb.learn.xb), tuple(cb.learn.yb)
-    bs, dev = xb[0].shape[0], xb[0].device
-    if shift is None: shift = _partners(cb, bs)
-    alpha, p, draws = cb.at(cb.alpha), cb.at(cb.p), cb.draws
-    lam = (sample_lam(alpha, bs, device=dev, larger=True, p=p) if draws is None
-           else draws(sample_lam, bs, alpha, device=dev, larger=True, p=p))  # the same draws as `mixup_batch`'s
-    if isinstance(shift, Tensor): lam = torch.where(shift == torch.arange(bs, device=dev), 1., lam)  # no partner: unmixed
-    return mix_targets(yb, tuple(partner(y, shift) for y in yb), lam, cb.stack_y)._replace(xb=xb, shift=shift)
+    return mix_targets(yb, tuple(partner(y, r.shift) for y in yb), r.lam, cb.stack_y)._replace(xb=xb, shift=r.shift)
 
 # %% ../nbs/10_manifold.ipynb #4512f7fd
 class ManifoldMixup(MixHandler):
     "Implementation of https://arxiv.org/abs/1806.05236: mix a hidden representation, at a module chosen at random for each batch"
     _batch_state = MixHandler._batch_state + ('site', 'sites', '_mixer', '_guard')
+    func = staticmethod(mixup_batch)  # MixUp's settings, record and input mixing
     def __init__(self,
         alpha:float=.4, # Concentration of `Beta(alpha, alpha)`: finite, > 0; or a schedule
         module_list:list|None=None, # Where to mix: modules of the model (or their names, or `MixSite`s); None: `mixable_sites(learn.model)`
@@ -210,18 +205,15 @@ class ManifoldMixup(MixHandler):
         if self._guard is None: self._guard = _BatchGuard(self, self.learn); self.learn.one_batch = self._guard
 
     def mix(self, shift=None)->Mixed:
-        "Choose where to mix this batch: the inputs, mixed as `MixUp` mixes them, or one of `sites`, whose hook `before_batch` sets"
+        "Draw MixUp's record (the partners and λ, kept as `params`), then where to mix this batch: the inputs, mixed as `MixUp` mixes them, or one of `sites`, whose hook `before_batch` sets"
         _own_batch(self)
-        xb = tuple(self.learn.xb)
         if self.sites is None: self.sites = self.find_sites(self.learn.model)
-        cands = ([None] if self.use_input_mixup and all(torch.is_floating_point(x) for x in xb) else []) + self.sites
-        bs = xb[0].shape[0]
-        if shift is None: shift = _partners(self, bs)
-        site = cands[random.randrange(len(cands))]
+        r = _draw_hidden(self, shift)
+        cands = ([None] if self.use_input_mixup and all(torch.is_floating_point(x) for x in self.learn.xb) else []) + self.sites
+        site = cands[draw_int(0, len(cands))]
         self.site = MixSite('input', None, True) if site is None else site
         self.chosen.append(self.site.name)
-        if site is None: return mixup_batch(xb, self.learn.yb, self.at(self.alpha), self.at(self.p), self.stack_y, self.draws, self.pairing, shift)
-        return _hidden_mix(self, shift)
+        return self.mixer()(self.learn.xb, self.learn.yb, params=r) if site is None else _hidden_mix(self, r)
 
     def before_batch(self):
         "Mix the targets, and the inputs or hook the chosen module"
@@ -256,6 +248,7 @@ class ManifoldMixup(MixHandler):
 # %% ../nbs/10_manifold.ipynb #5fa6e40e
 class OutputMixup(MixHandler):
     "Mix the model's outputs before the loss: Manifold Mixup (https://arxiv.org/abs/1806.05236) at the output, which works with any model"
+    func = staticmethod(mixup_batch)  # MixUp's settings and record
     def __init__(self,
         alpha:float=.4, # Concentration of `Beta(alpha, alpha)`: finite, > 0; or a schedule
         p:float=1., # Chance that a sample is mixed at all; or a schedule
@@ -268,7 +261,7 @@ class OutputMixup(MixHandler):
     def mix(self, shift=None)->Mixed:
         "Draw λ and the partners and mix the targets; the inputs pass unchanged, the outputs are mixed in `after_pred`"
         _own_batch(self)
-        return _hidden_mix(self, shift)
+        return _hidden_mix(self, _draw_hidden(self, shift))
 
     def before_batch(self):
         "Draw λ and the partners and mix the targets, as `MixHandler` does"

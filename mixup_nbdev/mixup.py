@@ -4,9 +4,10 @@
 
 # %% ../nbs/09_mixup.ipynb #33f88715
 from __future__ import annotations
-import inspect, math, numbers, operator, random
+import inspect, operator
 from fastai.basics import *
 from torch.distributions import Beta
+from .core import _const
 from .functional import *
 _all_ = ['reduce_loss']  # fastai's `__all__` has it: `from mixup_nbdev.mixup import *` gives what fastai's gives
 
@@ -24,11 +25,15 @@ class _MixedLossOnce:
     def __getattr__(self, name): return getattr(self.orig, name)  # `reduction`, `y_int`, ... are the original's
     def __reduce_ex__(self, protocol): return operator.itemgetter(0), ((self.orig,),)  # pickled (`learn.export`) as the original
 
+_given = dict(xb=None, yb=None, shift=None, params=None)  # what `mix` gives the mixing function itself, batch by batch
+_from = dict(y_int='stack_y')  # the mixing function's arguments that the callback keeps under another name
+
 class MixHandler(Callback):
     "A handler class for implementing `MixUp` style scheduling"
     run_valid = False
-    _batch_state = ('lam', 'yb1', 'shift')
+    _batch_state = ('lam', 'yb1', 'shift', 'params')
     _sched = ('alpha', 'p')  # the arguments that take a schedule
+    func = None  # the mixing function of a subclass, e.g. `staticmethod(mixup_batch)`: its settings are the callback's attributes of the same names
     def __init__(self,
         alpha:float=0.5, # Concentration of `Beta(alpha, alpha)`, λ's distribution: finite, > 0; or a schedule
         p:float=1., # Chance that a batch (or a sample, when mixing per sample) is mixed at all; or a schedule
@@ -69,9 +74,9 @@ class MixHandler(Callback):
             f"`distrib` must be a symmetric Beta(a, a) with one a, got {d!r}: λ is drawn from Beta(alpha, alpha), so set `alpha` instead")
         self.alpha = c.item()
 
-    def _set(self, lam=None, yb1=None, shift=0, **kwargs):
-        "Set the batch's state: `lam`, `yb1`, `shift`, and `kwargs`"
-        for k,v in dict(lam=lam, yb1=yb1, shift=shift, **kwargs).items(): setattr(self, k, v)
+    def _set(self, lam=None, yb1=None, shift=0, params=None, **kwargs):
+        "Set the batch's state: `lam`, `yb1`, `shift`, the record `params`, and `kwargs`"
+        for k,v in dict(lam=lam, yb1=yb1, shift=shift, params=params, **kwargs).items(): setattr(self, k, v)
 
     def _setup(self):
         "Read from the loss whether it takes class indices (`stack_y`), as fastai does in `before_train`, and check it can give per-sample losses"
@@ -99,9 +104,26 @@ class MixHandler(Callback):
 
     def before_train(self): self._setup()
 
+    def mixer(self):
+        "`func` with this batch's settings (a schedule's value at this batch), given `xb`, `yb`, and the partners or a record; None if the callback names no `func`"
+        f = self.func
+        if f is None: return None
+        args = _const(('settings', f), lambda: [a for a in inspect.signature(f).parameters if a not in _given])
+        kw = {}
+        for a in args:
+            v = getattr(self, _from.get(a, a), _given)
+            if v is not _given: kw[a] = self.at(v) if a in self._sched else v
+        return partial(f, **kw)
+
     def mix(self, shift=None)->Mixed:
-        "Mix `self.xb` and `self.yb` with the partners `shift` when given: subclasses return a `Mixed`"
-        raise NotImplementedError(f"{type(self).__name__} must define `mix` (returning a `Mixed`), or `before_batch` as fastai's mixing callbacks do")
+        "Mix `learn.xb` and `learn.yb`, with the partners `shift` when given: `mixer()` draws the batch's record, kept as `params`, and applies it"
+        f = self.mixer()
+        if f is None: raise NotImplementedError(f"{type(self).__name__} must name its mixing function (`func`), or define `mix` (returning a "
+                                                "`Mixed`), or `before_batch` as fastai's mixing callbacks do")
+        xb, yb, draw = self.learn.xb, self.learn.yb, draw_of(f)
+        if draw is None: return f(xb, yb) if shift is None else f(xb, yb, shift=shift)  # a function without records draws as it mixes
+        self.params = r = draw(xb, yb, shift=shift)
+        return f(xb, yb, params=r)
 
     def before_batch(self):
         "Mix the batch, unless mixing has stopped"
@@ -111,8 +133,9 @@ class MixHandler(Callback):
         if pct >= self.stop_pct - 1e-9: return self._set()
         m = self.mix()
         self.learn.xb,self.learn.yb = m.xb,m.yb
-        self._set(m.lam, m.yb1, m.shift)
-        if isinstance(m.shift, Tensor): self.n_alone = self.n_alone + (m.shift == torch.arange(len(m.shift), device=m.shift.device)).sum()
+        self._set(m.lam, m.yb1, m.shift, self.params)
+        alone = self_paired(m.shift)
+        if alone is not None: self.n_alone = self.n_alone + alone.sum()
 
     def after_pred(self):
         "Have the learner compute this batch's loss with `lf`, so that every `after_loss` sees the mixed loss, as with fastai's"
@@ -135,21 +158,9 @@ class MixHandler(Callback):
 # %% ../nbs/09_mixup.ipynb #1fc3f2f1
 class MixUp(MixHandler):
     "Implementation of https://arxiv.org/abs/1710.09412"
-    def __init__(self,
-        alpha:float=.4, # Concentration of `Beta(alpha, alpha)`: finite, > 0; or a schedule
-        p:float=1., # Chance that a sample is mixed at all; or a schedule
-        stop_pct:float=1., # Stop mixing once this fraction of training is done
-        pairing:str|LabelKernel='random' # Who is paired with whom: 'random', 'same_class', 'other_class' or a `LabelKernel`
-    ):
+    func = staticmethod(mixup_batch)
+    def __init__(self, alpha:float=.4, p:float=1., stop_pct:float=1., pairing:str|LabelKernel='random'):
         super().__init__(alpha, p, stop_pct, pairing)
-
-    def mix(self, shift=None)->Mixed:
-        "Blend each sample with its partner, keeping `lam>=0.5` of itself"
-        return self.mixer()(self.learn.xb, self.learn.yb, shift=shift)
-
-    def mixer(self):
-        "The mixing function with this batch's settings: `mixup_batch`, given `xb`, `yb` and the partners"
-        return partial(mixup_batch, alpha=self.at(self.alpha), p=self.at(self.p), y_int=self.stack_y, draws=self.draws, pairing=self.pairing)
 
 # %% ../nbs/09_mixup.ipynb #44a974c2
 def mixed_batch(
@@ -184,100 +195,52 @@ def show_mixed(
 # %% ../nbs/09_mixup.ipynb #ab8ef7fd
 class CutMix(MixHandler):
     "Implementation of https://arxiv.org/abs/1905.04899"
-    def __init__(self,
-        alpha:float=1., # Concentration of `Beta(alpha, alpha)`: finite, > 0; or a schedule
-        per_sample:bool=False, # Give each sample its own λ and box, instead of one box for the batch
-        p:float=1., # Chance that a batch (or a sample, when `per_sample`) is mixed at all; or a schedule
-        stop_pct:float=1., # Stop mixing once this fraction of training is done
-        mask_targets:bool|tuple|None=None, # Targets pasted like the images: None, fastai's `TensorMask`s; True, all with the images' size; or their indices
-        pairing:str|LabelKernel='random' # Who is paired with whom: 'random', 'same_class', 'other_class' or a `LabelKernel`
-    ):
+    func = staticmethod(cutmix_batch)
+    def __init__(self, alpha:float=1., per_sample:bool=False, p:float=1., stop_pct:float=1., mask_targets:bool|tuple|None=None,
+                 pairing:str|LabelKernel='random'):
         super().__init__(alpha, p, stop_pct, pairing)
         self.per_sample,self.mask_targets = check_flag(per_sample, 'per_sample'),mask_targets
-
-    def mix(self, shift=None)->Mixed:
-        "Paste a box from each sample's partner; `lam` is the fraction each sample kept"
-        return self.mixer()(self.learn.xb, self.learn.yb, shift=shift)
-
-    def mixer(self):
-        "The mixing function with this batch's settings: `cutmix_batch`, given `xb`, `yb` and the partners"
-        return partial(cutmix_batch, alpha=self.at(self.alpha), per_sample=self.per_sample, p=self.at(self.p), y_int=self.stack_y,
-                       inplace=self.inplace, draws=self.draws, mask_targets=self.mask_targets, pairing=self.pairing)
 
 # %% ../nbs/09_mixup.ipynb #e1e80ac6
 class CutMixUp(MixHandler):
     "CutMix (https://arxiv.org/abs/1905.04899) with probability `switch_prob`, else MixUp (https://arxiv.org/abs/1710.09412)"
     _sched = ('mixup_alpha', 'cutmix_alpha', 'switch_prob', 'p')
-    def __init__(self,
-        mixup_alpha:float=.4, # Concentration of `Beta` for MixUp
-        cutmix_alpha:float=1., # Concentration of `Beta` for CutMix
-        switch_prob:float=.5, # Chance of CutMix rather than MixUp
-        per_sample:bool=False, # Choose, and draw λ and the box, for each sample instead of for the batch
-        p:float=1., # Chance that a batch (or a sample, when `per_sample`) is mixed at all
-        stop_pct:float=1., # Stop mixing once this fraction of training is done
-        mask_targets:bool|tuple|None=None, # Targets pasted like the images: None, fastai's `TensorMask`s; True, all with the images' size; or their indices
-        pairing:str|LabelKernel='random' # Who is paired with whom: 'random', 'same_class', 'other_class' or a `LabelKernel`
-    ):
+    func = staticmethod(cutmixup_batch)
+    def __init__(self, mixup_alpha:float=.4, cutmix_alpha:float=1., switch_prob:float=.5, per_sample:bool=False, p:float=1., stop_pct:float=1.,
+                 mask_targets:bool|tuple|None=None, pairing:str|LabelKernel='random'):
         self.mixup_alpha,self.cutmix_alpha = check_sched(mixup_alpha, 'mixup_alpha', check_alpha),check_sched(cutmix_alpha, 'cutmix_alpha', check_alpha)
         self.switch_prob,self.per_sample = check_sched(switch_prob, 'switch_prob'),check_flag(per_sample, 'per_sample')
         self.mask_targets = mask_targets
         super().__init__(mixup_alpha, p, stop_pct, pairing)
 
-    def mix(self, shift=None)->Mixed:
-        "CutMix or MixUp the batch, as `cutmixup_batch`"
-        return cutmixup_batch(self.learn.xb, self.learn.yb, self.at(self.mixup_alpha), self.at(self.cutmix_alpha), self.at(self.switch_prob),
-                              self.per_sample, self.at(self.p), self.stack_y, self.inplace, self.draws, self.mask_targets, self.pairing, shift)
-
 # %% ../nbs/09_mixup.ipynb #3160a4d8
 class ResizeMix(MixHandler):
     "Implementation of https://arxiv.org/abs/2012.11101: paste each image's whole partner, resized, into a box"
-    def __init__(self,
-        alpha:float=1., # Concentration of `Beta(alpha, alpha)`: finite, > 0; or a schedule
-        scope:tuple=(0.1, 0.8), # λ before rounding is `lo + (hi-lo)*Beta(alpha, alpha)`, `0 < lo <= hi <= 1` (mmpretrain's `lam_min`, `lam_max`)
-        per_sample:bool=False, # Give each sample its own λ and box, instead of one box for the batch
-        p:float=1., # Chance that a batch (or a sample, when `per_sample`) is mixed at all; or a schedule
-        stop_pct:float=1., # Stop mixing once this fraction of training is done
-        mask_targets:bool|tuple|None=None, # Targets pasted like the images: None, fastai's `TensorMask`s; True, all with the images' size; or their indices
-        pairing:str|LabelKernel='random' # Who is paired with whom: 'random', 'same_class', 'other_class' or a `LabelKernel`
-    ):
+    func = staticmethod(resizemix_batch)
+    def __init__(self, alpha:float=1., scope:tuple=(0.1, 0.8), per_sample:bool=False, p:float=1., stop_pct:float=1.,
+                 mask_targets:bool|tuple|None=None, pairing:str|LabelKernel='random'):
         super().__init__(alpha, p, stop_pct, pairing)
         self.scope,self.per_sample,self.mask_targets = check_scope(scope),check_flag(per_sample, 'per_sample'),mask_targets
-
-    def mix(self, shift=None)->Mixed:
-        "Paste each sample's partner, resized, into a box; `lam` is the fraction each sample kept"
-        return resizemix_batch(self.learn.xb, self.learn.yb, self.at(self.alpha), self.scope, self.per_sample, self.at(self.p), self.stack_y,
-                               self.draws, self.mask_targets, self.inplace, self.pairing, shift)
 
 # %% ../nbs/09_mixup.ipynb #f8ededcc
 class FMix(MixHandler):
     "Implementation of https://arxiv.org/abs/2002.12047: paste from each sample's partner where low-frequency noise is lowest"
-    def __init__(self,
-        alpha:float=1., # Concentration of `Beta(alpha, alpha)`: finite, > 0; or a schedule
-        decay_power:float=3., # Amplitude of frequency `f` falls as `1/f**decay_power`: larger, smoother masks
-        max_soft:float=0., # Fraction of elements blended on each side of the mask's edge, in [0, 0.5]; 0: binary masks, values copied
-        per_sample:bool=False, # Give each sample its own λ and mask, instead of one mask for the batch
-        p:float=1., # Chance that a batch (or a sample, when `per_sample`) is mixed at all; or a schedule
-        stop_pct:float=1., # Stop mixing once this fraction of training is done
-        mask_targets:bool|tuple|None=None, # Targets pasted like the images: None, fastai's `TensorMask`s; True, all with the images' size; or their indices
-        pairing:str|LabelKernel='random' # Who is paired with whom: 'random', 'same_class', 'other_class' or a `LabelKernel`
-    ):
+    func = staticmethod(fmix_batch)
+    def __init__(self, alpha:float=1., decay_power:float=3., max_soft:float=0., per_sample:bool=False, p:float=1., stop_pct:float=1.,
+                 mask_targets:bool|tuple|None=None, pairing:str|LabelKernel='random'):
         super().__init__(alpha, p, stop_pct, pairing)
         self.decay_power,self.max_soft = check_positive(decay_power, 'decay_power'),check_soft(max_soft)
         self.per_sample,self.mask_targets = check_flag(per_sample, 'per_sample'),mask_targets
 
-    def mix(self, shift=None)->Mixed:
-        "Paste from each sample's partner where its FMix mask says; `lam` is the fraction each sample kept"
-        return self.mixer()(self.learn.xb, self.learn.yb, shift=shift)
-
-    def mixer(self):
-        "The mixing function with this batch's settings: `fmix_batch`, given `xb`, `yb` and the partners"
-        return partial(fmix_batch, alpha=self.at(self.alpha), decay_power=self.decay_power, max_soft=self.max_soft, per_sample=self.per_sample,
-                       p=self.at(self.p), y_int=self.stack_y, draws=self.draws, mask_targets=self.mask_targets, pairing=self.pairing)
-
 # %% ../nbs/09_mixup.ipynb #991b1756
+def _own_mix(cb, xb, yb, **kwargs)->Mixed:
+    "A method with a `mix` of its own, as `mixchoice_batch` calls its functions: it mixes `learn.xb`, which is `xb`"
+    return cb.mix(**kwargs)
+
 class MixChoice(MixHandler):
     "Mix each batch, or each sample, with one of `cbs`, chosen at random with `weights`"
     _batch_state = MixHandler._batch_state + ('choice',)
+    func = staticmethod(mixchoice_batch)
     def __init__(self,
         *cbs:MixHandler, # The mixing methods to choose from, e.g. `MixUp(.4), CutMix(1.)`, each with its own settings
         weights:tuple|None=None, # One weight per method, each a number or a schedule (default: all alike)
@@ -306,12 +269,14 @@ class MixChoice(MixHandler):
 
     def after_fit(self): super().after_fit(); self.choice = None
 
-    def mix(self)->Mixed:
-        "The batch mixed by the method drawn for it, or for each sample by the method drawn for that sample"
+    def mixer(self):
+        "`mixchoice_batch` with this batch's weights and each method's mixing function with its settings (a method with a `mix` of its own mixes through it)"
         for cb in self.cbs: cb.pct = self.pct
-        ws, x0 = [self.at(w) for w in self.weights], self.learn.xb[0]
-        self.choice = draw_choice(ws, x0.shape[0] if self.per_sample else None, x0.device)
-        # MixUp, CutMix and FMix as their functions with this batch's settings, which per sample `mixchoice_batch` blends in one
-        # pass; other methods (subclasses with their own `mix` included) mix `learn.xb`, which is `xb`
-        fs = [cb.mixer() if type(cb).mix in (MixUp.mix, CutMix.mix, FMix.mix) else lambda xb, yb, cb=cb, **kw: cb.mix(**kw) for cb in self.cbs]
-        return mixchoice_batch(self.learn.xb, self.learn.yb, fs, ws, self.per_sample, self.pairing, self.choice)
+        fs = [cb.mixer() if type(cb).mix is MixHandler.mix else partial(_own_mix, cb) for cb in self.cbs]
+        return partial(mixchoice_batch, fs=fs, weights=[self.at(w) for w in self.weights], per_sample=self.per_sample, pairing=self.pairing)
+
+    def mix(self, shift=None)->Mixed:
+        "The batch mixed by the method drawn for it, or for each sample by the method drawn for that sample; `choice` is the method of the batch, or of each sample"
+        m = super().mix(shift)
+        self.choice = self.params.choice
+        return m

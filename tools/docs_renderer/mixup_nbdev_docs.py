@@ -6,7 +6,7 @@ docs page *API tables* (nbs/17_showdoc.ipynb).
 """
 from __future__ import annotations
 import inspect
-from fastcore.docments import DocmentTbl, _bold, _list2row, _maybe_nm
+from fastcore.docments import DocmentTbl, _bold, _list2row, _maybe_nm, docments
 from nbdev.doclinks import NbdevLookup
 from nbdev.showdoc import BasicMarkdownRenderer
 
@@ -26,8 +26,24 @@ def _cell(o)->str:
     return _maybe_nm(o).replace('|', '\\|')
 
 
+def _shared(obj)->list:
+    "Where a parameter of `obj` with no docment of its own is documented: for a class, its base classes' `__init__`, then the mixing function it names (`func`)"
+    if not inspect.isclass(obj): return []
+    func = getattr(obj, 'func', None)
+    return [c.__init__ for c in obj.__mro__[1:] if '__init__' in vars(c)] + ([func] if callable(func) else [])
+
+
 class _Table(DocmentTbl):
-    "fastcore's table of parameters, with each cell escaped"
+    "fastcore's table of parameters, with each cell escaped, and a shared argument's docment written once, where it is shared from"
+    def __init__(self, obj, **kwargs):
+        super().__init__(obj, **kwargs)
+        for src in _shared(obj):
+            missing = [k for k, d in self.dm.items() if k != 'return' and d['docment'] is inspect._empty]
+            if not missing: break
+            try: dm = docments(src, full=True)
+            except (TypeError, ValueError, OSError): continue
+            for k in missing:
+                if k in dm and dm[k]['docment']: self.dm[k]['docment'] = dm[k]['docment']
     def _row(self, nm, props): return [nm] + [_cell(props[c]) for c in self._columns]
     @property
     def return_str(self): return _list2row(['**Returns**'] + [_bold(_cell(self.dm['return'][c])) for c in self._columns])
