@@ -113,9 +113,8 @@ def layer_costs(shapes, rounds, warmup=20):
 
 def _plain_loss(call):
     "`call` with the mixed loss computed without its fast path: `CrossEntropyLossFlat` called for the targets and for the partners' targets"
-    import mixup_nbdev.functional as F_
-    from bench_mix import patched
-    return patched(F_, '_flat_ce_pair', lambda *a: None, call)()
+    from bench_mix import patched, defining_module
+    return patched(defining_module('_flat_ce_pair'), '_flat_ce_pair', lambda *a: None, call)()
 
 def fits(dls_fn, rounds, epochs):
     "Seconds of `fit_one_cycle(epochs)` of each variant's learner, in a new random order every round; overheads paired by round"
