@@ -8,7 +8,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 from .core import *
-from .core import _batch, _is, _like, _mask_targets, _plain
+from .core import _batch, _like, _mask_targets, _plain
 from .draws import *
 from .draws import DRAW, _live, _mixes, _record
 from .blend import *

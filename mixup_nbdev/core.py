@@ -139,7 +139,8 @@ def _batch(xb, yb)->tuple:
     xs, ys = _tup(xb), _tup(yb)
     for kind, ts in (('input', xs), ('target', ys)):
         for i, t in enumerate(ts):
-            if _is(t, 'TensorPoint', 'TensorBBox'): raise TypeError(
+            # read once per type: a class's ancestors, looked up on every batch, cost microseconds
+            if type(t) is not Tensor and _const(('refused', type(t)), lambda: _is(t, 'TensorPoint', 'TensorBBox')): raise TypeError(
                 f"{kind} {i} is a fastai {type(t).__name__}: keypoint and box coordinates can't be mixed meaningfully "
                 "(interpolated coordinates point between two objects; a pasted box would have to move, clip or drop them). "
                 "Train detection and keypoint models without a mixing callback")

@@ -55,7 +55,7 @@ def sample_lam(
 )->Tensor:
     "Draw `n` values of λ from `Beta(alpha, alpha)` on `device`, without a host-device sync"
     if alpha == 1:  # Beta(1, 1) is uniform: one cheap draw instead of two gamma draws per value
-        lam = torch.empty(n, device=device).uniform_(.5, 1.) if larger else torch.rand(n, device=device)
+        lam = torch.empty(n, device=device).uniform_(.5, 1.) if larger else uniform(n, device=device)
     else:
         beta = _const(('Beta', float(alpha), str(device)), lambda: Beta(*[torch.tensor(float(alpha), device=device)]*2, validate_args=False))
         lam = beta.sample((n,))
@@ -118,7 +118,7 @@ def check_pairing(
 def draw_partners(
     y:Tensor, # The first target of the batch: class indices, one-hot, or regression targets for a `LabelKernel`
     pairing:str|LabelKernel # 'same_class', 'other_class' or a `LabelKernel`
-)->tuple:
+)->Tensor:
     "Each sample's partner index, drawn among the eligible samples (never itself) on `y`'s device with no host-device sync; a sample with none is paired with itself"
     bs, dev = y.shape[0], y.device
     if isinstance(pairing, LabelKernel): logw = pairing(y)

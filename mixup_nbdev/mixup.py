@@ -131,9 +131,9 @@ class MixHandler(Callback):
         if self.stack_y is None: self._setup()
         # fastai sums 1/n into pct_train: ten steps of 0.05 give 0.49999999999999994, so allow for rounding
         if pct >= self.stop_pct - 1e-9: return self._set()
-        m = self.mix()
+        m = self.mix()  # keeps its record as `params`
         self.learn.xb,self.learn.yb = m.xb,m.yb
-        self._set(m.lam, m.yb1, m.shift, self.params)
+        self.lam,self.yb1,self.shift = m.lam,m.yb1,m.shift
         alone = self_paired(m.shift)
         if alone is not None: self.n_alone = self.n_alone + alone.sum()
 
