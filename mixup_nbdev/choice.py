@@ -53,7 +53,7 @@ def mixchoice_batch(
     weights, per_sample, pairing = check_weights(weights, len(fs)), check_flag(per_sample, 'per_sample'), check_pairing(pairing)
     xs, ys, xps, _ = _batch(xb, yb)
     x0 = xps[0]; bs = x0.shape[0]
-    r = _record(params, MixChoiceParams, 'draw_mixchoice') or _draw_mixchoice(xs, ys, x0, fs, weights, per_sample, pairing, choice, shift)
+    r = _record(params, MixChoiceParams, 'draw_mixchoice', bs) or _draw_mixchoice(xs, ys, x0, fs, weights, per_sample, pairing, choice, shift)
     if params is DRAW: return r
     choice, shift, rs = r
     if choice is None: return Mixed(xs, ys, None, torch.ones(bs, device=x0.device) if per_sample else 1., 0)

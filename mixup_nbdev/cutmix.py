@@ -11,7 +11,7 @@ from torch import Tensor
 from .core import *
 from .core import _batch, _bcast, _blendable, _check_float, _const, _like, _mask_targets, _plain, _spatial, _spatial_size
 from .draws import *
-from .draws import DRAW, _draw, _mixes, _record
+from .draws import DRAW, _draw, _fits, _mixes, _record
 from .blend import *
 from .blend import _lerp_partner, _mask_paste, _mix_plain, _partner, _paste_batch, _selfless, _where_partner
 
@@ -51,7 +51,7 @@ def mixup_batch(
     # plain tensors, once each: each attribute of a fastai `TensorImage` costs a `__torch_function__` call
     xs, ys, xps, _ = _batch(xb, yb)
     x0 = xps[0]
-    r = _record(params, MixUpParams, 'draw_mixup') or _draw_mixup(x0, ys, alpha, p, draws, pairing, shift)
+    r = _record(params, MixUpParams, 'draw_mixup', x0.shape[0]) or _draw_mixup(x0, ys, alpha, p, draws, pairing, shift)
     if params is DRAW: return r  # drawn for any batch: Manifold Mixup mixes hidden layers of models with integer inputs
     _check_float(x0)
     shift, lam = r
@@ -107,10 +107,12 @@ def cutmix_batch(
     per_sample = check_flag(per_sample, 'per_sample')
     xs, ys, xps, yps = _batch(xb, yb)  # plain tensors once each, as in `mixup_batch`
     x0 = xps[0]; size = _spatial_size(x0, 'CutMix')
-    r = _record(params, CutMixParams, 'draw_cutmix') or _draw_cutmix(x0, ys, size, alpha, per_sample, p, draws, pairing, shift)
+    r = _record(params, CutMixParams, 'draw_cutmix', x0.shape[0]) or _draw_cutmix(x0, ys, size, alpha, per_sample, p, draws, pairing, shift)
     if params is DRAW: return r
     shift, lam, box, inside = r
     if not _mixes(shift): return Mixed(xs, ys, None, lam, 0)
+    _fits(tuple(inside.shape[1:]) == (len(size), max(size)) if inside is not None
+          else len(box) == len(size) and all(b.stop <= s for b, s in zip(box, size)), 'draw_cutmix')
     if inside is not None: paste = _mask_paste(box_mask(inside, size), shift)
     else:
         def paste(t, tp):
@@ -255,7 +257,7 @@ def cutmixup_batch(
     xs, ys, xps, yps = _batch(xb, yb)
     x0 = xps[0]; bs, size = x0.shape[0], _spatial_size(x0, 'CutMixUp')
     _check_float(x0, 'CutMixUp')
-    r = _record(params, CutMixUpParams, 'draw_cutmixup') or _draw_cutmixup(
+    r = _record(params, CutMixUpParams, 'draw_cutmixup', bs) or _draw_cutmixup(
         xs, ys, x0, size, mixup_alpha, cutmix_alpha, switch_prob, per_sample, p, draws, pairing, shift)
     if params is DRAW: return r
     if r.cut is None:  # per batch: exactly the chosen method's result
@@ -264,6 +266,7 @@ def cutmixup_batch(
         return mixup_batch(xs, ys, y_int=y_int, params=r.params)
     shift, lam, _, cut, lam_mix, inside = r
     if not _mixes(shift): return Mixed(xs, ys, None, lam, 0)
+    _fits(tuple(inside.shape[1:]) == (len(size), max(size)), 'draw_cutmixup')
     box = box_mask(inside, size) & cut.view(bs, *[1]*len(size))  # only cut samples take a box
     w = torch.where(cut, 1., lam_mix)  # a blended sample keeps λ of itself, a cut one all of itself outside its box
     def mix(t, tp, blend=True):

@@ -208,11 +208,19 @@ class _Draw:
     def __repr__(self): return 'DRAW'
 DRAW = _Draw()
 
-def _record(params, cls, name:str):
-    "`params` when it is a record of type `cls` to apply; None when the function must draw one; else the clear error"
+def _record(params, cls, name:str, bs:int):
+    "`params` when it is a record of type `cls` for a batch of `bs` samples; None when the function must draw one; else the clear error"
     if params is None or params is DRAW: return None
     if not isinstance(params, cls): raise TypeError(f"`params` must be a {cls.__name__}, the record `{name}` returns, got {type(params).__name__}")
+    shift, lam = params.shift, getattr(params, 'lam', None)
+    n = len(shift) if isinstance(shift, Tensor) else len(lam) if isinstance(lam, Tensor) else None
+    if n not in (None, bs) or (isinstance(shift, int) and shift >= max(bs, 1)): raise ValueError(
+        f"`params` is the record of a batch of {n or f'more than {shift}'} samples, and this batch has {bs}: draw this batch's with `{name}`")
     return params
+
+def _fits(ok:bool, name:str):
+    "Refuse a record drawn for inputs of another spatial size"
+    if not ok: raise ValueError(f"`params` was drawn for inputs of another spatial size than this batch's: draw this batch's with `{name}`")
 
 def drawing(
     f # A mixing function that takes `params`, such as `mixup_batch`

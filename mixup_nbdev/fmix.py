@@ -11,7 +11,7 @@ from torch import Tensor
 from .core import *
 from .core import _batch, _check_float, _const, _like, _mask_targets, _spatial_size
 from .draws import *
-from .draws import DRAW, _draw, _mixes, _record
+from .draws import DRAW, _draw, _fits, _mixes, _record
 from .blend import *
 from .blend import _lerp_partner, _mask_paste, _paste_batch
 
@@ -69,7 +69,7 @@ def fmix_batch(
     per_sample = check_flag(per_sample, 'per_sample')
     xs, ys, xps, yps = _batch(xb, yb)
     x0 = xps[0]; bs, size = x0.shape[0], _spatial_size(x0, 'FMix')
-    r = _record(params, FMixParams, 'draw_fmix') or _draw_fmix(x0, ys, size, alpha, decay_power, max_soft, per_sample, p, draws, pairing, shift)
+    r = _record(params, FMixParams, 'draw_fmix', bs) or _draw_fmix(x0, ys, size, alpha, decay_power, max_soft, per_sample, p, draws, pairing, shift)
     if params is DRAW: return r
     shift, lam, take = r
     soft = take is not None and take.dtype != torch.bool
@@ -77,6 +77,7 @@ def fmix_batch(
         "FMix with max_soft > 0 blends the values along the mask's edge, and a segmentation mask's classes can't be blended: "
         "use max_soft=0 with mask targets (or `mask_targets=False` to mix them as labels)")
     if not _mixes(shift): return Mixed(xs, ys, None, lam, 0)
+    _fits(tuple(take.shape[1:]) == size, 'draw_fmix')
     paste = _fmix_lerp(take, shift) if soft else _mask_paste(take.expand(bs, *size), shift)
     return _paste_batch(xs, ys, xps, yps, size, paste, lam, shift, y_int, mask_targets)
 

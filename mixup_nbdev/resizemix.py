@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from .core import *
 from .core import _batch, _const, _like, _mask_targets, _spatial_size
 from .draws import *
-from .draws import DRAW, _draw, _mixes, _record
+from .draws import DRAW, _draw, _fits, _mixes, _record
 from .blend import *
 from .blend import _paste_batch, _where_partner
 from .cutmix import *
@@ -64,10 +64,11 @@ def resizemix_batch(
     per_sample = check_flag(per_sample, 'per_sample')
     xs, ys, xps, yps = _batch(xb, yb)
     x0 = xps[0]; bs, size = x0.shape[0], _spatial_size(x0, 'ResizeMix')
-    r = _record(params, ResizeMixParams, 'draw_resizemix') or _draw_resizemix(x0, ys, size, alpha, scope, per_sample, p, draws, pairing, shift)
+    r = _record(params, ResizeMixParams, 'draw_resizemix', bs) or _draw_resizemix(x0, ys, size, alpha, scope, per_sample, p, draws, pairing, shift)
     if params is DRAW: return r
     shift, lam, cut, box, corner = r
     if not _mixes(shift): return Mixed(xs, ys, None, lam, 0)
+    _fits(cut.shape[1] == len(size) if corner is not None else len(box) == len(size) and all(b.stop <= s for b, s in zip(box, size)), 'draw_resizemix')
     # masks keep their classes: resized with nearest, like integer inputs; float inputs (bi/tri)linearly
     masks = {id(yps[i]) for i in _mask_targets(ys, yps, size, mask_targets)}
     nearest = lambda tp: id(tp) in masks or not torch.is_floating_point(tp)
