@@ -137,9 +137,9 @@ def _own_batch(cb:MixHandler):
     if not cb._batch: raise TypeError(f"{type(cb).__name__} mixes inside the model, in the events of its own batches, "
                                       "so it can't be one of `MixChoice`'s methods: use it on its own")
 
-def _draw_hidden(cb:MixHandler, shift=None)->MixUpParams:
-    "MixUp's record for `cb`'s batch, kept as `cb.params`: the partners (`shift` when given) and λ, drawn as `MixUp` draws them"
-    cb.params = r = draw_of(cb.mixer())(cb.learn.xb, cb.learn.yb, shift=shift)
+def _draw_hidden(cb:MixHandler, f, shift=None)->MixUpParams:
+    "MixUp's record for `cb`'s batch, drawn by `f`, its `mixer()`, and kept as `cb.params`: the partners (`shift` when given) and λ"
+    cb.params = r = draw_of(f)(cb.learn.xb, cb.learn.yb, shift=shift)
     return r
 
 def _hidden_mix(cb:MixHandler, r:MixUpParams)->Mixed:
@@ -208,12 +208,13 @@ class ManifoldMixup(MixHandler):
         "Draw MixUp's record (the partners and λ, kept as `params`), then where to mix this batch: the inputs, mixed as `MixUp` mixes them, or one of `sites`, whose hook `before_batch` sets"
         _own_batch(self)
         if self.sites is None: self.sites = self.find_sites(self.learn.model)
-        r = _draw_hidden(self, shift)
+        f = self.mixer()
+        r = _draw_hidden(self, f, shift)
         cands = ([None] if self.use_input_mixup and all(torch.is_floating_point(x) for x in self.learn.xb) else []) + self.sites
         site = cands[draw_int(0, len(cands))]
         self.site = MixSite('input', None, True) if site is None else site
         self.chosen.append(self.site.name)
-        return self.mixer()(self.learn.xb, self.learn.yb, params=r) if site is None else _hidden_mix(self, r)
+        return f(self.learn.xb, self.learn.yb, params=r) if site is None else _hidden_mix(self, r)
 
     def before_batch(self):
         "Mix the targets, and the inputs or hook the chosen module"
@@ -261,7 +262,7 @@ class OutputMixup(MixHandler):
     def mix(self, shift=None)->Mixed:
         "Draw λ and the partners and mix the targets; the inputs pass unchanged, the outputs are mixed in `after_pred`"
         _own_batch(self)
-        return _hidden_mix(self, _draw_hidden(self, shift))
+        return _hidden_mix(self, _draw_hidden(self, self.mixer(), shift))
 
     def before_batch(self):
         "Draw λ and the partners and mix the targets, as `MixHandler` does"
