@@ -17,7 +17,8 @@ from .blend import _lerp_partner, _mask_paste, _mix_plain, _partner, _paste_batc
 
 # %% auto #0
 __all__ = ['draw_mixup', 'draw_cutmix', 'draw_cutmixup', 'MixUpParams', 'mixup_batch', 'CutMixParams', 'cutmix_batch', 'rand_box',
-           'box_lam', 'box_sides', 'box_mask', 'rand_boxes', 'draw_boxes', 'CutMixUpParams', 'cutmixup_batch']
+           'box_lam', 'box_sides', 'box_sides_at', 'box_mask', 'rand_boxes', 'draw_boxes', 'CutMixUpParams',
+           'cutmixup_batch']
 
 # %% ../nbs/04_cutmix.ipynb #93ec1c46
 class MixUpParams(NamedTuple):
@@ -167,16 +168,30 @@ def box_sides(
     "One box per sample, on `lam`'s device, as its sides: `(bs, d, max(size))` booleans, True where dimension `i` is inside the box; and each sample's exact kept fraction"
     bs, d, dev = lam.shape[0], len(size), lam.device
     sz = _sizes(size, dev)
-    # twice the pixel centres along each dimension, (d, max(size)); past a dimension's end, one that no box reaches
-    j = _const(('arange', max(size), str(dev)), lambda: torch.arange(max(size), device=dev, dtype=torch.float32))
-    ar2 = _const(('centres', tuple(size), str(dev)), lambda: torch.where(j < sz[:, None], 2*j+1, math.inf))
     # all dimensions at once, in as few operations as can be (each costs more than its arithmetic on small batches):
     # (bs, d) sides of `cut` pixels, around centres `c2/2` uniform in each dimension
     cut = _cut(sz, lam)
-    c2 = uniform(bs, d, device=dev) * (2*sz)
+    return _sides(size, cut, uniform(bs, d, device=dev) * (2*sz))
+
+def _sides(size:tuple, cut:Tensor, c2:Tensor)->tuple:
+    "`box_sides` of boxes with sides `cut` `(bs, d)` around twice their centres `c2` `(bs, d)`, in pixels"
+    dev = cut.device
+    # twice the pixel centres along each dimension, (d, max(size)); past a dimension's end, one that no box reaches
+    j = _const(('arange', max(size), str(dev)), lambda: torch.arange(max(size), device=dev, dtype=torch.float32))
+    ar2 = _const(('centres', tuple(size), str(dev)), lambda: torch.where(j < _sizes(size, dev)[:, None], 2*j+1, math.inf))
     # a pixel is in the box when its centre is less than half a side from the box's: `cut` pixels, fewer where clipped
     inside = (ar2 - c2[..., None]).abs_() < cut[..., None]
     return inside, torch.rsub(inside.sum(-1, dtype=torch.float32).prod(1), 1., alpha=1/math.prod(size))
+
+def box_sides_at(
+    size:tuple, # Spatial size: `(L,)`, `(H, W)` or `(D, H, W)`
+    lam:Tensor, # One λ per sample, `(bs,)`, on the batch's device
+    at:Tensor # The element each box holds, `(bs, d)` whole indices
+)->tuple:
+    "`box_sides` of boxes placed, not drawn: each of about `1-λ` of `size`, from `at - side//2` to `at - side//2 + side`, clipped; each holds `at` unless its side is 0"
+    cut = _cut(_sizes(size, lam.device), lam)
+    # twice the centre of the box that starts `cut//2` before `at`: `2*at + 1` for odd sides, `2*at` for even ones
+    return _sides(size, cut, 2*at.to(cut.dtype) + cut % 2)
 
 def box_mask(
     inside:Tensor, # Sides from `box_sides`, `(bs, d, max(size))`

@@ -14,5 +14,6 @@ from .cutmix import *
 from .resizemix import *
 from .fmix import *
 from .choice import *
-from . import core, draws, loss, blend, cutmix, resizemix, fmix, choice
-__all__ = [n for m in (core, draws, loss, blend, cutmix, resizemix, fmix, choice) for n in m.__all__]  # every name of the layer
+from .guided import *
+from . import core, draws, loss, blend, cutmix, resizemix, fmix, choice, guided
+__all__ = [n for m in (core, draws, loss, blend, cutmix, resizemix, fmix, choice, guided) for n in m.__all__]  # every name of the layer
