@@ -36,8 +36,10 @@ def sync_checks(dev, shapes=SHAPES):
     "Each of our per-batch paths under `set_sync_debug_mode('error')` (on a CPU: the same code, with no mode to set): {name: 'ok' or the error}"
     import torch.nn.functional as F
     from fastai.vision.all import Learner, Callback, CrossEntropyLossFlat, SGD
-    from mixup_nbdev.functional import mixup_batch, cutmix_batch, cutmixup_batch, DrawAhead
+    from mixup_nbdev.functional import mixup_batch, cutmix_batch, cutmixup_batch, DrawAhead, saliencymix_batch, remix_lam, regmixup_loss
     from mixup_nbdev.mixup import MixUp, CutMix, CutMixUp
+    from mixup_nbdev.guided_mixup import SaliencyMix, TransMix, RegMixup, Remix
+    import timm
     from mixup_nbdev.data import digits_dls, small_cnn
     cuda = torch.device(dev).type == 'cuda'
     set_mode = torch.cuda.set_sync_debug_mode if cuda else lambda mode: None
@@ -62,10 +64,14 @@ def sync_checks(dev, shapes=SHAPES):
             c.reset()
     # a plain PyTorch loop, every batch under the mode, the first one included
     x, y = torch.randn(512, 3, 32, 32, device=dev), torch.randint(0, 10, (512,), device=dev)
+    counts = torch.arange(10, 20, device=dev)
     for name, mix in [('mixup_batch', lambda x, y, d: mixup_batch(x, y, .4, draws=d)),
                       ('cutmix_batch', lambda x, y, d: cutmix_batch(x, y, 1., inplace=True)),
                       ('cutmix_batch per_sample', lambda x, y, d: cutmix_batch(x, y, 1., per_sample=True, draws=d)),
-                      ('cutmixup_batch per_sample', lambda x, y, d: cutmixup_batch(x, y, per_sample=True))]:
+                      ('cutmixup_batch per_sample', lambda x, y, d: cutmixup_batch(x, y, per_sample=True)),
+                      ('saliencymix_batch', lambda x, y, d: saliencymix_batch(x, y)),
+                      ('saliencymix_batch per_sample', lambda x, y, d: saliencymix_batch(x, y, per_sample=True, draws=d)),
+                      ('mixup_batch, remix_lam', lambda x, y, d: (lambda m: m._replace(lam=remix_lam(m.lam, y, m.yb1[0], counts)))(mixup_batch(x, y, draws=d)))]:
         torch.manual_seed(0); random.seed(0)
         model = small_cnn(3).to(dev)
         opt = torch.optim.SGD(model.parameters(), lr=.1)
@@ -76,6 +82,13 @@ def sync_checks(dev, shapes=SHAPES):
                 loss = m.loss(F.cross_entropy, model(*m.xb))
                 opt.zero_grad(); loss.backward(); opt.step()
         check(f'plain loop, {name}', loop)
+    def regmixup_loop():
+        for i in range(0, 512, 64):
+            xb, yb = x[i:i+64], y[i:i+64]
+            m = mixup_batch(xb, yb, 10.)
+            loss = regmixup_loss(F.cross_entropy, model(torch.cat([xb, m.xb[0]])), (yb,), m)
+            opt.zero_grad(); loss.backward(); opt.step()
+    check('plain loop, regmixup_loss', regmixup_loop)
     # fastai's fit: the mode on from before_batch to after_loss
     class On(Callback):
         order = -100
@@ -87,9 +100,12 @@ def sync_checks(dev, shapes=SHAPES):
         def after_loss(self): set_mode('default')
         def after_cancel_batch(self): set_mode('default')
     dls = digits_dls(device=dev)
-    for cb in (MixUp(), CutMix(), CutMix(per_sample=True), CutMixUp(per_sample=True)):
+    vit = lambda: timm.models.vision_transformer.VisionTransformer(img_size=32, patch_size=8, in_chans=1, num_classes=10, embed_dim=32, depth=2, num_heads=2)
+    for cb in (MixUp(), CutMix(), CutMix(per_sample=True), CutMixUp(per_sample=True), SaliencyMix(), SaliencyMix(per_sample=True),
+               TransMix(), RegMixup(), Remix(MixUp())):
         name = f'fit, {type(cb).__name__}' + ('(per_sample=True)' if getattr(cb, 'per_sample', False) else '')
-        learn = Learner(dls, small_cnn(), loss_func=CrossEntropyLossFlat(), cbs=[On(), cb, Off()], opt_func=SGD)
+        model = vit() if isinstance(cb, TransMix) else small_cnn()
+        learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(), cbs=[On(), cb, Off()], opt_func=SGD)
         def fit():
             with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-2)
         check(name, fit, 'default')

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from .core import *
-from .core import _batch, _check_float, _const, _plain, _spatial_size
+from .core import _batch, _const, _plain, _spatial_size
 from .draws import *
 from .draws import DRAW, _draw, _fits, _mixes, _record
 from .blend import *
@@ -30,14 +30,13 @@ def _blur(s:Tensor)->Tensor:
     return s[:, 0]
 
 def saliency_map(
-    x:Tensor, # Images `(bs, C, H, W)`, floating point
+    x:Tensor, # Images `(bs, C, H, W)`: floating point, or integer (`uint8`)
     scale:int=64 # The side of the square, in pixels, the saliency is computed at: the method's own scale
 )->Tensor:
     "Spectral-residual saliency (https://doi.org/10.1109/CVPR.2007.383267) of each image, `(bs, H, W)` in [0, 1], on its device: computed on the image in gray at `scale`×`scale` pixels, as OpenCV's `StaticSaliencySpectralResidual` does, then resized back"
     x = _plain(x)
     if x.ndim != 4: raise ValueError(f"saliency_map takes images (bs, C, H, W), got {tuple(x.shape)}: for signals or volumes, give "
                                      "SaliencyMix a map of your own, `saliency=`")
-    _check_float(x, 'saliency_map')
     h, w = x.shape[2:]
     # reduce first, then average the channels: the whole image is read once, and the rest is done at 64x64
     g = F.interpolate(x.float(), size=(scale, scale), mode='area' if min(h, w) >= scale else 'bilinear').mean(1)
@@ -223,7 +222,8 @@ def remix_lam(
     kappa, tau = check_kappa(kappa), check_tau(tau)
     counts = torch.as_tensor(counts, device=y.device).float()
     if counts.ndim != 1: raise ValueError(f"`counts` must be one number per class, (n_classes,), got {tuple(counts.shape)}")
-    if y.numel() and int(torch.maximum(y, y1).max()) >= len(counts): raise ValueError(
+    # checked on the host only: on a GPU, reading the largest class would make the host wait (the `Remix` callback checks `counts` once a fit)
+    if y.device.type == 'cpu' and y.numel() and int(torch.maximum(y, y1).max()) >= len(counts): raise ValueError(
         f"the targets hold class {int(torch.maximum(y, y1).max())}, and `counts` has {len(counts)} classes: give one count per class")
     lam = torch.as_tensor(lam, device=y.device, dtype=torch.float32).expand(y.shape)
     ratio = counts[y] / counts[y1].clamp_min(1)

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 from fastai.basics import *
 from .functional import *
-from .core import _plain
+from .core import _like, _plain
 from .mixup import MixHandler, MixChoice, _MixedLossOnce
 from .manifold import ManifoldMixup, OutputMixup, _BatchGuard
 
@@ -50,9 +50,11 @@ class TransMix(MixHandler):
         pairing:str|LabelKernel='random', # Who is paired with whom: 'random', 'same_class', 'other_class' or a `LabelKernel`
         attention:nn.Module|str|None=None, # Any model but timm's vision transformers: the module (or its name) whose output is the attention weights
         patch_size:int|tuple|None=None, # With `attention`: the model's patch size (timm's: read from the model)
-        n_prefix:int=1 # With `attention`: the tokens before the patches, the class token first
+        n_prefix:int=1, # With `attention`: the tokens before the patches, the class token first
+        area_weight:float=0. # The area's share of λ: 0, the paper's attention alone; 0.5, the mean of the two, as the authors' code does
     ):
         super().__init__(alpha, p, stop_pct, pairing)
+        self.area_weight = check_prob(area_weight, 'area_weight')
         if attention is not None and patch_size is None: raise ValueError(
             "with `attention`, give the model's patch size, `patch_size=`: TransMix needs it to know which patches show which image")
         self.per_sample,self.mask_targets = check_flag(per_sample, 'per_sample'),False
@@ -92,7 +94,8 @@ class TransMix(MixHandler):
             if own.shape[-1] != r.attn.shape[-1]: raise ValueError(
                 f"the attention covers {r.attn.shape[-1]} patches and the images make {own.shape[-1]}: give the model's patch size, "
                 "`patch_size=`, and the tokens before the patches, `n_prefix=`")
-            self.lam_area,self.lam = self.lam,transmix_lam(r.attn, own)
+            lam = transmix_lam(r.attn, own)
+            self.lam_area,self.lam = self.lam,lam + self.area_weight * (self.lam - lam)
             if not self.stack_y: self.learn.yb,self.yb1 = mix_targets(self.learn.yb, self.yb1, self.lam, False).yb,None
         super().after_pred()
 
@@ -125,7 +128,10 @@ def _start(cb:MixHandler, learn:Learner):
 def _check_mixer(mixer, who:str)->MixHandler|None:
     "`mixer` if it is a mixing callback that mixes the inputs in its `mix` (None stays None), else the clear error"
     if mixer is None: return None
-    if not isinstance(mixer, MixHandler): raise TypeError(f"{who}'s `mixer` must be a mixing callback, e.g. MixUp(1.) or CutMix(), got {type(mixer).__name__}")
+    if not isinstance(mixer, MixHandler):
+        fastai = type(mixer).__module__.startswith('fastai.') and isinstance(mixer, Callback)
+        raise TypeError(f"{who}'s `mixer` must be a mixing callback of mixup_nbdev, e.g. MixUp(1.) or CutMix(), got {type(mixer).__module__}.{type(mixer).__name__}"
+                        + (": fastai's own; import `mixup_nbdev.mixup` after `fastai.vision.all`, whose `*` exports fastai's" if fastai else ''))
     if any(getattr(type(mixer), e) is not getattr(MixHandler, e) for e in ('before_batch', 'after_pred')): raise TypeError(
         f"{who} mixes the batch through its mixer's `mix`, and {type(mixer).__name__} mixes in the model or after it: "
         "use a mixer of the inputs (MixUp, CutMix, SaliencyMix, MixChoice, Remix...)")
@@ -139,7 +145,8 @@ def check_eta(eta:float)->float:
 
 def _cat(t:Tensor, tm:Tensor)->Tensor:
     "The clean batch `t` followed by its mixed copy `tm`, as `t`'s type"
-    return torch.cat([t, tm.to(t.dtype) if torch.is_floating_point(tm) else tm])
+    tm = _plain(tm)
+    return _like(torch.cat([_plain(t), tm.to(t.dtype) if torch.is_floating_point(tm) else tm]), t)
 
 class RegMixup(MixHandler):
     "Implementation of https://arxiv.org/abs/2206.14502: train on each batch and its mixed copy, the mixed loss, times `eta`, a regulariser beside the clean loss"
@@ -239,6 +246,9 @@ class Remix(MixHandler):
         self.base.learn = self.learn; self.base._setup()
         # the classes are counted once a fit, at its start
         if self._counts is None: self._counts = self.counts if self.counts is not None else class_counts(self.learn.dls)
+        c = getattr(self.learn.dls, 'c', None)
+        if isinstance(c, int) and len(self._counts) < c: raise ValueError(
+            f"`counts` has {len(self._counts)} classes and the data {c}: give one count per class")
 
     def before_fit(self): super().before_fit(); _start(self.base, self.learn)
     def after_fit(self): super().after_fit(); self.base.after_fit(); self._counts = None
