@@ -4,7 +4,7 @@ tools/golden.pt.
 Usage: python tools/test_golden.py           recompute every case and compare with tools/golden.pt (exit 1 on a change)
        python tools/test_golden.py --write   record the current outputs in tools/golden.pt
 
-The functions: `mixup_batch`, `cutmix_batch`, `cutmixup_batch`, `resizemix_batch`, `fmix_batch` and `mixchoice_batch`
+The functions: `mixup_batch`, `cutmix_batch`, `cutmixup_batch`, `resizemix_batch`, `fmix_batch`, `saliencymix_batch` and `mixchoice_batch`
 (of MixUp, CutMix and FMix, blended per sample in one pass; and of ResizeMix, CutMixUp and MixUp, its general path).
 The grid: per_sample False/True (MixUp has none) x p 1/.6 x pairing 'random'/'same_class' x batch size 1/2/8 x draws
 None or a `DrawAhead(block=2)`, on inputs (bs, 3, 6, 5) with class targets `arange(bs) % 3`; then,
@@ -27,8 +27,8 @@ import torch.nn.functional as F
 import mixup_nbdev.functional as mf
 
 GOLDEN = Path(__file__).with_name('golden.pt')
-METHODS = ('mixup_batch', 'cutmix_batch', 'cutmixup_batch', 'resizemix_batch', 'fmix_batch')
-PASTING = ('cutmix_batch', 'cutmixup_batch', 'resizemix_batch', 'fmix_batch')
+METHODS = ('mixup_batch', 'cutmix_batch', 'cutmixup_batch', 'resizemix_batch', 'fmix_batch', 'saliencymix_batch')
+PASTING = ('cutmix_batch', 'cutmixup_batch', 'resizemix_batch', 'fmix_batch', 'saliencymix_batch')
 
 def _da(ahead): return mf.DrawAhead(block=2) if ahead else None
 
