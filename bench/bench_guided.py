@@ -16,7 +16,8 @@ alike; a figure is the median over rounds, and a ratio is that median over the m
    inputs and loss, and with TransMix's (the hook on the last block, the class token's attention row, `patch_own`,
    `transmix_lam`); and that added work timed alone on the same step's tensors (target: at most 1 % of the step).
 3. remix: `remix_lam` on a batch of 64 classes, and the callbacks' `before_batch` of `MixUp` and of `Remix(MixUp())` on
-   64 digits at 32², in a learner set up as `fit` does (target: Remix at most 50 µs beyond its mixer).
+   64 digits at 32², in a learner set up as `fit` does, each the mean of 50 calls in a row (target: Remix at most 50 µs
+   beyond its mixer).
 4. regmixup: a plain PyTorch training step of `small_cnn` on 64 one-channel images at 32²: without mixing, with
    `mixup_batch`, as RegMixup trains (the clean batch and its mixed copy, `regmixup_loss`), and without mixing at 128
    samples (what a doubled batch costs).
@@ -30,16 +31,18 @@ if importlib.util.find_spec('mixup_nbdev') is None: sys.path.insert(0, str(HERE.
 import torch
 import torch.nn.functional as F
 
-def rounds_of(rows:dict, rounds:int, warmup:int=2)->dict:
-    "Median seconds of each row (a function of no argument), the rows run once per round in a new random order"
+def rounds_of(rows:dict, rounds:int, warmup:int=2, reps:int=1)->dict:
+    "Median seconds of each row (a function of no argument), the rows run once per round in a new random order: `reps` calls in a row, their mean"
     for _ in range(warmup):
         for f in rows.values(): f()
     times = {k: [] for k in rows}
     for r in range(rounds):
         ks = list(rows); random.Random(r).shuffle(ks)
         for k in ks:
-            gc.collect()
-            t0 = time.perf_counter(); rows[k](); times[k].append(time.perf_counter() - t0)
+            if reps == 1: gc.collect()  # large batches: the collector's pauses stay out of the timings (µs rows: it would empty the caches)
+            t0 = time.perf_counter()
+            for _ in range(reps): rows[k]()
+            times[k].append((time.perf_counter() - t0) / reps)
     return {k: statistics.median(v) for k, v in times.items()}
 
 def saliency_rows(bs, size, rounds):
@@ -100,7 +103,7 @@ def remix_rows(bs, size, rounds):
     def before_batch(learn): learn._split(b); learn.mix_up.before_batch() if hasattr(learn, 'mix_up') else learn.remix.before_batch()
     rows = {'remix_lam': lambda: remix_lam(lam, y, y1, counts), 'MixUp.before_batch': lambda: before_batch(l_mix),
             'Remix(MixUp).before_batch': lambda: before_batch(l_remix)}
-    return rounds_of(rows, rounds)
+    return rounds_of(rows, rounds, warmup=20, reps=50)
 
 def regmixup_rows(bs, size, rounds):
     from mixup_nbdev.functional import mixup_batch, regmixup_loss
@@ -132,11 +135,12 @@ def main():
     a = ap.parse_args()
     warnings.filterwarnings('ignore')
     n = 2 if a.smoke else 5 if a.quick else 25
+    started = time.strftime('%Y-%m-%d %H:%M:%S %Z')
     sal = saliency_rows(4, 32, n) if a.smoke else saliency_rows(64, 224, n)
     report('saliency, 64x3x224x224' if not a.smoke else 'saliency (smoke)', sal, 'x.clone()')
     tm = transmix_rows(2, 16, n, tiny=True) if a.smoke else transmix_rows(8, 224, max(n // 3, 2))
     report('transmix, ViT-S/16 training step at 224², bs 8' if not a.smoke else 'transmix (smoke)', tm, 'step with CutMix')
-    rx = remix_rows(8 if a.smoke else 64, 16 if a.smoke else 32, n * 4)
+    rx = remix_rows(8 if a.smoke else 64, 16 if a.smoke else 32, n)
     report('remix', rx, 'MixUp.before_batch')
     rg = regmixup_rows(8 if a.smoke else 64, 16 if a.smoke else 32, n)
     report('regmixup, a training step', rg, 'no mixing')
@@ -145,7 +149,11 @@ def main():
                'Remix <= 50 µs beyond its mixer': rx['Remix(MixUp).before_batch'] - rx['MixUp.before_batch'] <= 50e-6}
     print('\ntargets:'); [print(f"  {'MET ' if ok else 'MISS'} {k}") for k, ok in targets.items()]
     if a.smoke or a.quick: return
-    out = dict(started=time.strftime('%Y-%m-%d %H:%M:%S %Z'), torch=torch.__version__, threads=torch.get_num_threads(),
+    import os, subprocess
+    commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True, cwd=HERE).stdout.strip() or 'unknown'
+    dirty = bool(subprocess.run(['git', 'status', '--porcelain', '--', 'mixup_nbdev'], capture_output=True, text=True, cwd=HERE.parent).stdout.strip())
+    out = dict(command=' '.join(sys.argv), started=started, finished=time.strftime('%Y-%m-%d %H:%M:%S %Z'), library=dict(commit=commit, dirty=dirty),
+               load_average=os.getloadavg(), torch=torch.__version__, threads=torch.get_num_threads(),
                saliency=sal, transmix=tm, remix=rx, regmixup=rg, targets=targets)
     Path(a.out).write_text(json.dumps(out, indent=1) + '\n'); print(f'wrote {a.out}')
 

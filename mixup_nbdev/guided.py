@@ -19,7 +19,7 @@ from .cutmix import *
 
 # %% auto #0
 __all__ = ['draw_saliencymix', 'saliency_map', 'SaliencyMixParams', 'saliencymix_batch', 'patch_own', 'transmix_lam',
-           'class_attention', 'regmixup_loss', 'remix_lam', 'check_kappa', 'check_tau']
+           'class_attention', 'regmixup_loss', 'check_eta', 'remix_lam', 'check_kappa', 'check_tau']
 
 # %% ../nbs/07a_guided.ipynb #7b9ed83f
 def _blur(s:Tensor)->Tensor:
@@ -207,7 +207,13 @@ def regmixup_loss(
 )->Tensor:
     "RegMixup's loss (https://arxiv.org/abs/2206.14502): the loss of the clean batch plus `eta` times the mixed copy's `mix_loss`"
     bs = pred.shape[0] // 2
-    return loss_func(pred[:bs], *yb) + eta * m.loss(loss_func, pred[bs:])
+    return loss_func(pred[:bs], *yb) + check_eta(eta) * m.loss(loss_func, pred[bs:])
+
+def check_eta(eta:float)->float:
+    "`eta` if it is a finite number >= 0, else the clear error"
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta < 0: raise ValueError(
+        f"`eta` is the mixed loss's weight beside the clean loss, a finite number >= 0, got {eta!r}")
+    return float(eta)
 
 # %% ../nbs/07a_guided.ipynb #6df41152
 def remix_lam(
@@ -225,9 +231,16 @@ def remix_lam(
     # checked on the host only: on a GPU, reading the largest class would make the host wait (the `Remix` callback checks `counts` once a fit)
     if y.device.type == 'cpu' and y.numel() and int(torch.maximum(y, y1).max()) >= len(counts): raise ValueError(
         f"the targets hold class {int(torch.maximum(y, y1).max())}, and `counts` has {len(counts)} classes: give one count per class")
-    lam = torch.as_tensor(lam, device=y.device, dtype=torch.float32).expand(y.shape)
-    ratio = counts[y] / counts[y1].clamp_min(1)
-    return torch.where((ratio >= kappa) & (lam < tau), 0., torch.where((ratio <= 1/kappa) & (1-lam < tau), 1., lam))
+    return _remix(torch.as_tensor(lam, device=y.device, dtype=torch.float32).expand(y.shape), y, y1, *_remix_pairs(counts, kappa), tau)
+
+def _remix_pairs(counts:Tensor, kappa:float)->tuple:
+    "Which pairs of classes `(c, c1)` Remix labels, `(n_classes, n_classes)` booleans: `c` a majority over `c1`, and a minority"
+    ratio = counts[:, None] / counts[None].clamp_min(1)
+    return ratio >= kappa, ratio <= 1/kappa
+
+def _remix(lam:Tensor, y:Tensor, y1:Tensor, major:Tensor, minor:Tensor, tau:float)->Tensor:
+    "`remix_lam`'s rule on checked arguments: `lam` `(bs,)` floats, plain class indices, the pairs of `_remix_pairs`"
+    return torch.where(major[y, y1] & (lam < tau), 0., torch.where(minor[y, y1] & (lam > 1-tau), 1., lam))
 
 def check_kappa(kappa:float)->float:
     "`kappa` if it is a number >= 1, else the clear error"

@@ -4,17 +4,17 @@
 
 # %% ../nbs/10a_guided_mixup.ipynb #88d9b9f2
 from __future__ import annotations
-import inspect
 import torch
 from torch import Tensor, nn
 from fastai.basics import *
 from .functional import *
 from .core import _like, _plain
-from .mixup import MixHandler, MixChoice, _MixedLossOnce
+from .guided import _remix, _remix_pairs
+from .mixup import MixHandler, _MixedLossOnce
 from .manifold import ManifoldMixup, OutputMixup, _BatchGuard
 
 # %% auto #0
-__all__ = ['SaliencyMix', 'TransMix', 'check_eta', 'RegMixup', 'class_counts', 'Remix']
+__all__ = ['SaliencyMix', 'TransMix', 'RegMixup', 'class_counts', 'Remix']
 
 # %% ../nbs/10a_guided_mixup.ipynb #2583e89c
 class SaliencyMix(MixHandler):
@@ -137,12 +137,6 @@ def _check_mixer(mixer, who:str)->MixHandler|None:
         "use a mixer of the inputs (MixUp, CutMix, SaliencyMix, MixChoice, Remix...)")
     return mixer
 
-def check_eta(eta:float)->float:
-    "`eta` if it is a finite number >= 0, else the clear error"
-    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta < 0: raise ValueError(
-        f"`eta` is the mixed loss's weight beside the clean loss, a finite number >= 0, got {eta!r}")
-    return float(eta)
-
 def _cat(t:Tensor, tm:Tensor)->Tensor:
     "The clean batch `t` followed by its mixed copy `tm`, as `t`'s type"
     tm = _plain(tm)
@@ -237,7 +231,7 @@ class Remix(MixHandler):
         if self.counts is not None and (self.counts.ndim != 1 or (self.counts < 0).any()): raise ValueError(
             f"`counts` must be one count >= 0 per class, got {counts!r}")
         super().__init__(1., 1., stop_pct, 'random')
-        self._counts = None
+        self._counts,self._pairs = None,None  # the fit's counts, and which pairs of classes they make majority and minority
 
     def _setup(self):
         super()._setup()
@@ -245,13 +239,13 @@ class Remix(MixHandler):
                                              "a loss that mixes its losses (`y_int`, e.g. CrossEntropyLossFlat)")
         self.base.learn = self.learn; self.base._setup()
         # the classes are counted once a fit, at its start
-        if self._counts is None: self._counts = self.counts if self.counts is not None else class_counts(self.learn.dls)
+        if self._counts is None: self._counts = (self.counts if self.counts is not None else class_counts(self.learn.dls)).float()
         c = getattr(self.learn.dls, 'c', None)
         if isinstance(c, int) and len(self._counts) < c: raise ValueError(
             f"`counts` has {len(self._counts)} classes and the data {c}: give one count per class")
 
     def before_fit(self): super().before_fit(); _start(self.base, self.learn)
-    def after_fit(self): super().after_fit(); self.base.after_fit(); self._counts = None
+    def after_fit(self): super().after_fit(); self.base.after_fit(); self._counts,self._pairs = None,None
 
     def mix(self, shift=None)->Mixed:
         "The mixer's batch (its record kept as `params`), `lam` the label weights of `remix_lam`"
@@ -259,8 +253,9 @@ class Remix(MixHandler):
         m = self.base.mix(shift)
         self.params = self.base.params
         if m.yb1 is None: return m
-        _label_targets(m.yb, 'Remix')
-        y, y1 = m.yb[0], m.yb1[0]
-        if torch.is_floating_point(y): raise TypeError("Remix gives a mix's label to its minority class: targets must be class indices")
-        if self._counts.device != y.device: self._counts = self._counts.to(y.device)
-        return m._replace(lam=remix_lam(m.lam, _plain(y), _plain(y1), self._counts, self.kappa, self.tau))
+        y, y1 = _plain(m.yb[0]), _plain(m.yb1[0])
+        if y.ndim != 1 or torch.is_floating_point(y): raise TypeError(
+            f"Remix gives a mix's label to its minority class, so targets must be class indices (bs,), got {y.dtype} {tuple(y.shape)}")
+        if self._pairs is None or self._pairs[0].device != y.device: self._pairs = _remix_pairs(self._counts.to(y.device), self.kappa)
+        lam = m.lam if isinstance(m.lam, Tensor) else torch.full(y.shape, float(m.lam), device=y.device)
+        return m._replace(lam=_remix(lam.float(), y, y1, *self._pairs, self.tau))
