@@ -11,7 +11,7 @@ from .functional import *
 from .core import _like, _plain
 from .guided import _remix, _remix_pairs
 from .mixup import MixHandler, _MixedLossOnce
-from .manifold import ManifoldMixup, OutputMixup, _BatchGuard
+from .manifold import ManifoldMixup, OutputMixup, _BatchHook
 
 # %% auto #0
 __all__ = ['SaliencyMix', 'TransMix', 'RegMixup', 'class_counts', 'Remix']
@@ -38,9 +38,9 @@ def _label_targets(yb:tuple, who:str):
             f"{who} weights each sample's class label, so targets must be class indices (bs,) or label vectors (bs, n_classes), "
             f"got {type(y).__name__} {tuple(y.shape)}: for segmentation masks use CutMix or SaliencyMix")
 
-class TransMix(MixHandler):
+class TransMix(_BatchHook, MixHandler):
     "Implementation of https://arxiv.org/abs/2111.09833: CutMix on a vision transformer's inputs, each sample's λ the class token's attention on its own patches"
-    _batch_state = MixHandler._batch_state + ('lam_area', 'reader', '_reader', '_guard')
+    _batch_state = MixHandler._batch_state + ('lam_area', 'reader', '_hook', '_guard')
     func = staticmethod(cutmix_batch)
     def __init__(self,
         alpha:float=1., # Concentration of `Beta(alpha, alpha)`, λ's distribution: finite, > 0; or a schedule
@@ -59,7 +59,7 @@ class TransMix(MixHandler):
             "with `attention`, give the model's patch size, `patch_size=`: TransMix needs it to know which patches show which image")
         self.per_sample,self.mask_targets = check_flag(per_sample, 'per_sample'),False
         self.attention,self.patch_size,self.n_prefix = attention,patch_size,n_prefix
-        self.lam_area,self.reader,self._reader,self._guard = None,None,None,None
+        self.lam_area,self.reader,self._hook,self._guard = None,None,None,None
 
     def mixer(self):
         "CutMix with this batch's settings, keeping the partners' targets whatever the loss: the targets are mixed after the forward pass, with the attention's λ"
@@ -73,7 +73,7 @@ class TransMix(MixHandler):
         "Find the attention to read, and guard the batches, so that an exception anywhere in one takes the hook off the model"
         super().before_train()
         self.reader = class_attention(self.learn.model, self.attention, self.n_prefix)
-        if self._guard is None: self._guard = _BatchGuard(self, self.learn); self.learn.one_batch = self._guard
+        self._guard_batches()
 
     def before_batch(self):
         "Mix the inputs as CutMix does, and read the model's attention during this batch's forward pass"
@@ -81,11 +81,11 @@ class TransMix(MixHandler):
         _label_targets(self.learn.yb, 'TransMix')
         super().before_batch()
         # `reader` comes with the fit (`before_train`); `mixed_batch` shows the inputs alone
-        if self.yb1 is not None and self.reader is not None: self._reader = self.reader.__enter__()
+        if self.yb1 is not None and self.reader is not None: self._hook = self.reader.__enter__()
 
     def after_pred(self):
         "Take the hook off the model; each sample's λ is its attention on its own patches (`lam_area` keeps CutMix's); then the mixed loss"
-        r = self._reader
+        r = self._hook
         self._unhook()
         if r is not None:
             if r.n == 0: raise RuntimeError("the attention TransMix reads was not computed in the model's forward pass: name the module "
@@ -99,19 +99,7 @@ class TransMix(MixHandler):
             if not self.stack_y: self.learn.yb,self.yb1 = mix_targets(self.learn.yb, self.yb1, self.lam, False).yb,None
         super().after_pred()
 
-    def _unhook(self):
-        "Take this batch's hook off the model, if any"
-        if self._reader is not None: self._reader.remove(); self._reader = None
-
-    def _unguard(self):
-        "Give the learner its own `one_batch` back"
-        if self._guard is not None: self._guard.remove(); self._guard = None
-
-    def after_cancel_batch(self): self._unhook(); super().after_cancel_batch()
-    def after_train(self): self._unhook(); self._unguard()
-    def after_cancel_train(self): self._unhook(); self._unguard(); super().after_cancel_train()
-    def after_cancel_fit(self): self._unhook(); self._unguard(); super().after_cancel_fit()
-    def after_fit(self): self._unhook(); self._unguard(); super().after_fit(); self.reader = None
+    def after_fit(self): super().after_fit(); self.reader = None
 
 # %% ../nbs/10a_guided_mixup.ipynb #90a6f9e4
 def _copies(cb:MixHandler):

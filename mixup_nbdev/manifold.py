@@ -132,6 +132,26 @@ class _BatchGuard:
             if self.prev is None: del self.learn.one_batch
             else: self.learn.one_batch = self.prev
 
+class _BatchHook:
+    "For a mixing callback that hooks the model for one batch at a time (`_hook`, which has `remove`): the hook taken off when the batch ends, is cancelled or fails (through `_BatchGuard`), and when training or the fit ends"
+    def _unhook(self):
+        "Take this batch's hook off the model, if any"
+        if self._hook is not None: self._hook.remove(); self._hook = None
+
+    def _guard_batches(self):
+        "Guard the learner's batches, so that an exception anywhere in one takes the hook off the model"
+        if self._guard is None: self._guard = _BatchGuard(self, self.learn); self.learn.one_batch = self._guard
+
+    def _unguard(self):
+        "Give the learner its own `one_batch` back"
+        if self._guard is not None: self._guard.remove(); self._guard = None
+
+    def after_cancel_batch(self): self._unhook(); super().after_cancel_batch()
+    def after_train(self): self._unhook(); self._unguard()
+    def after_cancel_train(self): self._unhook(); self._unguard(); super().after_cancel_train()
+    def after_cancel_fit(self): self._unhook(); self._unguard(); super().after_cancel_fit()
+    def after_fit(self): self._unhook(); self._unguard(); super().after_fit()
+
 def _own_batch(cb:MixHandler):
     "Refuse to mix a batch outside `cb`'s own `before_batch`: what it mixes in the model, the events of a batch set up"
     if not cb._batch: raise TypeError(f"{type(cb).__name__} mixes inside the model, in the events of its own batches, "
@@ -148,9 +168,9 @@ def _hidden_mix(cb:MixHandler, r:MixUpParams)->Mixed:
     return mix_targets(yb, tuple(partner(y, r.shift) for y in yb), r.lam, cb.stack_y)._replace(xb=xb, shift=r.shift)
 
 # %% ../nbs/10_manifold.ipynb #4512f7fd
-class ManifoldMixup(MixHandler):
+class ManifoldMixup(_BatchHook, MixHandler):
     "Implementation of https://arxiv.org/abs/1806.05236: mix a hidden representation, at a module chosen at random for each batch"
-    _batch_state = MixHandler._batch_state + ('site', 'sites', '_mixer', '_guard')
+    _batch_state = MixHandler._batch_state + ('site', 'sites', '_hook', '_guard')
     func = staticmethod(mixup_batch)  # MixUp's settings, record and input mixing
     def __init__(self,
         alpha:float=.4, # Concentration of `Beta(alpha, alpha)`: finite, > 0; or a schedule
@@ -166,7 +186,7 @@ class ManifoldMixup(MixHandler):
             bad = [o for o in module_list if not isinstance(o, (nn.Module, str, MixSite))]
             if bad: raise TypeError(f"`module_list` must hold modules of the model, their names or `MixSite`s, got {type(bad[0]).__name__} {bad[0]!r}")
         self.module_list,self.use_input_mixup = module_list,check_flag(use_input_mixup, 'use_input_mixup')
-        self.sites,self.site,self._mixer,self._guard,self._batch,self.chosen = None,None,None,None,False,[]
+        self.sites,self.site,self._hook,self._guard,self._batch,self.chosen = None,None,None,None,False,[]
 
     def find_sites(self, model:nn.Module)->list:
         "The `MixSite`s of `model` this callback chooses from, besides the inputs: `module_list`'s, or `mixable_sites(model)`"
@@ -202,7 +222,7 @@ class ManifoldMixup(MixHandler):
         "Find the sites; guard the batches, so that an exception anywhere in one takes the hook off the model"
         super().before_train()
         if self.sites is None: self.sites = self.find_sites(self.learn.model)
-        if self._guard is None: self._guard = _BatchGuard(self, self.learn); self.learn.one_batch = self._guard
+        self._guard_batches()
 
     def mix(self, shift=None)->Mixed:
         "Draw MixUp's record (the partners and λ, kept as `params`), then where to mix this batch: the inputs, mixed as `MixUp` mixes them, or one of `sites`, whose hook `before_batch` sets"
@@ -221,30 +241,18 @@ class ManifoldMixup(MixHandler):
         self._unhook(); self.site,self._batch = None,True
         try: super().before_batch()
         finally: self._batch = False
-        if self.site is not None and self.site.module is not None: self._mixer = mixing_at(self.site, self.lam, self.shift).__enter__()
-
-    def _unhook(self):
-        "Take this batch's hook off the model, if any"
-        if self._mixer is not None: self._mixer.remove(); self._mixer = None
-
-    def _unguard(self):
-        "Give the learner its own `one_batch` back"
-        if self._guard is not None: self._guard.remove(); self._guard = None
+        if self.site is not None and self.site.module is not None: self._hook = mixing_at(self.site, self.lam, self.shift).__enter__()
 
     def after_pred(self):
         "Take the hook off the model, check it mixed, and have the learner compute the mixed loss"
-        m = self._mixer
+        m = self._hook
         self._unhook()
         if m is not None and m.n == 0: raise RuntimeError(
             f"the module chosen for this batch, {m.site.name}, was not called in the model's forward pass, so nothing was mixed: "
             "leave it out of `module_list`")
         super().after_pred()
 
-    def after_cancel_batch(self): self._unhook(); super().after_cancel_batch()
-    def after_train(self): self._unhook(); self._unguard()
-    def after_cancel_train(self): self._unhook(); self._unguard(); super().after_cancel_train()
-    def after_cancel_fit(self): self._unhook(); self._unguard(); super().after_cancel_fit()
-    def after_fit(self): self._unhook(); self._unguard(); super().after_fit(); self.site = None
+    def after_fit(self): super().after_fit(); self.site = None
 
 # %% ../nbs/10_manifold.ipynb #5fa6e40e
 class OutputMixup(MixHandler):
