@@ -9,7 +9,9 @@
 5. ManifoldMixup (a residual CNN: the images or a block's output, chosen per batch) and OutputMixup train on 2 ranks
    with the checks of 1., and, batch by batch on each rank, what reaches the layer after the chosen block (or the
    loss) is exactly λ·h + (1-λ)·h[partner] of the unmixed h, with the rank's own λ; validation runs the plain model,
-   and no hook is left on the model after the fit.
+   and no hook is left on the model after the fit;
+6. SaliencyMix and RegMixup (whose shards are doubled: the clean samples, then their mixed copies) train on 2 ranks
+   with the checks of 1.
 Every launch runs under a watchdog that kills all its processes if it overruns, so a hang cannot block CI.
 """
 from __future__ import annotations
@@ -226,6 +228,14 @@ def driver(a, tmp):
         rc, secs, log = f.result()
         r = load(tmp/mix)
         if healthy(check, rc, secs, log, r, mix, 1, a.bs): inside_checks(check, r, mix)
+    # 6. the guided methods: SaliencyMix (each rank's boxes from its own shard's saliency), and RegMixup (each rank's
+    # shard doubled, the clean samples then their mixed copies); both launches at once, one epoch each
+    guided = {name: f'mixup_nbdev.guided_mixup.{name}' for name in ('SaliencyMix', 'RegMixup')}
+    with ThreadPoolExecutor(2) as ex:
+        runs = {name: ex.submit(launch, tmp/name, '--mix', mix, '--epochs', 1, limit=180) for name, mix in guided.items()}
+    for name, f in runs.items():
+        rc, secs, log = f.result()
+        healthy(check, rc, secs, log, load(tmp/name), name, 1, a.bs * (2 if name == 'RegMixup' else 1))
     return check.failed
 
 if __name__ == '__main__':
