@@ -105,13 +105,14 @@ class TransMix(_BatchHook, MixHandler):
 def _copies(cb:MixHandler):
     "Have `cb`, and the methods it holds, mix into copies of the batch: the batch as it came is needed too"
     cb.inplace = False
-    for c in (*cb.__dict__.get('cbs', ()), cb.__dict__.get('base')):  # not `getattr`: a callback's attributes fall back on the learner's
-        if isinstance(c, MixHandler): _copies(c)
+    for c in cb._methods(): _copies(c)
 
-def _start(cb:MixHandler, learn:Learner):
-    "Start a fit for `cb`, a method held by another callback (not one of the learner's): no state from an earlier fit, the loss read, draws afresh"
-    cb.learn = learn; cb._setup(); cb._set(); cb._draws.reset()
-    for c in cb.__dict__.get('cbs', ()): c._set(); c._draws.reset()  # not `getattr`: a callback's attributes fall back on the learner's
+def _base_mix(cb:MixHandler, shift=None)->Mixed:
+    "The batch mixed by `cb.base`, the method `cb` wraps, at `cb`'s training progress; its record kept as `cb.params`"
+    cb.base.pct = cb.pct
+    m = cb.base.mix(shift)
+    cb.params = cb.base.params
+    return m
 
 def _check_mixer(mixer, who:str)->MixHandler|None:
     "`mixer` if it is a mixing callback that mixes the inputs in its `mix` (None stays None), else the clear error"
@@ -146,25 +147,11 @@ class RegMixup(MixHandler):
         self.eta,self.base,self.clean = check_eta(eta),_check_mixer(mixer, 'RegMixup'),None  # `base`: `mixer()` is the method of every callback
         _copies(self)
 
-    def _setup(self):
-        super()._setup()
-        if self.base is not None: self.base.learn = self.learn; self.base._setup()
-
-    def before_fit(self):
-        super().before_fit()
-        if self.base is not None: _start(self.base, self.learn)
-
-    def after_fit(self):
-        super().after_fit()
-        if self.base is not None: self.base.after_fit()
+    def _methods(self)->tuple: return () if self.base is None else (self.base,)
 
     def mix(self, shift=None)->Mixed:
         "The batch's mixed copy: MixUp's, or the mixer's (whose record is kept as `params`)"
-        if self.base is None: return super().mix(shift)
-        self.base.pct = self.pct
-        m = self.base.mix(shift)
-        self.params = self.base.params
-        return m
+        return super().mix(shift) if self.base is None else _base_mix(self, shift)
 
     def before_batch(self):
         "Make the batch the clean one followed by its mixed copy: twice the samples"
@@ -221,25 +208,23 @@ class Remix(MixHandler):
         super().__init__(1., 1., stop_pct, 'random')
         self._counts,self._pairs = None,None  # the fit's counts, and which pairs of classes they make majority and minority
 
+    def _methods(self)->tuple: return (self.base,)
+
     def _setup(self):
         super()._setup()
         if not self.stack_y: raise TypeError("Remix gives a mix's label to its minority class, so it needs class indices for targets and "
                                              "a loss that mixes its losses (`y_int`, e.g. CrossEntropyLossFlat)")
-        self.base.learn = self.learn; self.base._setup()
         # the classes are counted once a fit, at its start
         if self._counts is None: self._counts = (self.counts if self.counts is not None else class_counts(self.learn.dls)).float()
         c = getattr(self.learn.dls, 'c', None)
         if isinstance(c, int) and len(self._counts) < c: raise ValueError(
             f"`counts` has {len(self._counts)} classes and the data {c}: give one count per class")
 
-    def before_fit(self): super().before_fit(); _start(self.base, self.learn)
-    def after_fit(self): super().after_fit(); self.base.after_fit(); self._counts,self._pairs = None,None
+    def _fresh(self): super()._fresh(); self._counts,self._pairs = None,None
 
     def mix(self, shift=None)->Mixed:
         "The mixer's batch (its record kept as `params`), `lam` the label weights of `remix_lam`"
-        self.base.pct = self.pct
-        m = self.base.mix(shift)
-        self.params = self.base.params
+        m = _base_mix(self, shift)
         if m.yb1 is None: return m
         y, y1 = _plain(m.yb[0]), _plain(m.yb1[0])
         if y.ndim != 1 or torch.is_floating_point(y): raise TypeError(

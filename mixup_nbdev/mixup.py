@@ -78,11 +78,21 @@ class MixHandler(Callback):
         "Set the batch's state: `lam`, `yb1`, `shift`, the record `params`, and `kwargs`"
         for k,v in dict(lam=lam, yb1=yb1, shift=shift, params=params, **kwargs).items(): setattr(self, k, v)
 
+    def _methods(self)->tuple:
+        "The mixing callbacks this one holds and mixes through (`MixChoice`'s methods, a wrapper's mixer): set up, started and ended with it"
+        return ()
+
     def _setup(self):
-        "Read from the loss whether it takes class indices (`stack_y`), as fastai does in `before_train`, and check it can give per-sample losses"
+        "Read from the loss whether it takes class indices (`stack_y`), as fastai does in `before_train`, and check it can give per-sample losses; set up the methods held"
         self.stack_y = getattr(self.learn.loss_func, 'y_int', False)
         if self.stack_y:
             with none_reduce(self._loss_func()): pass
+        for cb in self._methods(): cb.learn = self.learn; cb._setup()
+
+    def _fresh(self):
+        "No batch state and no draws made ahead, here and in the methods held: how a fit starts and ends"
+        self._set(); self._draws.reset()  # each fit draws afresh from the generators, so a seeded fit repeats
+        for cb in self._methods(): cb._fresh()
 
     def _loss_func(self):
         "The learner's own loss, even between `after_pred` and the loss's call"
@@ -98,9 +108,8 @@ class MixHandler(Callback):
         others = [type(cb).__name__ for cb in self.learn.cbs if isinstance(cb, MixHandler) and cb is not self]
         if others: raise ValueError(f"{type(self).__name__} can't share a Learner with {', '.join(others)}: only one mixing callback "
                                     "may run. Remove one (`learn.remove_cb`), or use `CutMixUp` to switch between MixUp and CutMix")
-        self._restore(); self._setup(); self._set()
+        self._restore(); self._fresh(); self._setup()
         self.n_alone = 0  # samples left unmixed for want of an eligible partner, this fit
-        self._draws.reset()  # each fit draws afresh from the generators, so a seeded fit repeats
 
     def before_train(self): self._setup()
 
@@ -144,7 +153,7 @@ class MixHandler(Callback):
     def after_cancel_batch(self): self._restore()
     def after_cancel_train(self): self._restore()
     def after_cancel_fit(self): self._restore()
-    def after_fit(self): self._restore(); self._set(); self._draws.reset()
+    def after_fit(self): self._restore(); self._fresh()
 
     def lf(self, pred, *yb):
         "The loss of `pred` against `yb` and the partners' targets `yb1`, interpolated with `lam`, reduced like `learn.loss_func`"
@@ -259,14 +268,7 @@ class MixChoice(MixHandler):
                 cb.inplace = False  # each method mixes the batch as it came
         super().__init__(1., 1., stop_pct, pairing)
 
-    def _setup(self):
-        super()._setup()
-        for cb in self.cbs: cb.learn = self.learn; cb._setup()
-
-    def before_fit(self):
-        super().before_fit()
-        for cb in self.cbs: cb._set(); cb._draws.reset()
-
+    def _methods(self)->tuple: return self.cbs
     def after_fit(self): super().after_fit(); self.choice = None
 
     def mixer(self):
