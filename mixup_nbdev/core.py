@@ -134,6 +134,11 @@ def _is(t, *names)->bool:
     "Is `t` of a class called one of `names` (fastai's tensor types, without importing fastai)?"
     return any(c.__name__ in names for c in type(t).__mro__)
 
+_POINTS = ("keypoints can't be mixed meaningfully: interpolated coordinates point between two objects, and a pasted region "
+           "hides points without saying which. Train keypoint models without a mixing callback")
+_BOXES = ("this method can't keep boxes right. Mix detection batches (a `TensorBBox` and its `TensorMultiCategory` labels) with MixUp, "
+          "CutMix or Mosaic, or with the functions `mixup_detection`, `cutmix_detection`, `mosaic_detection` and `copy_paste_detection`")
+
 def _batch(xb, yb)->tuple:
     "Inputs and targets as tuples, with their plain tensors, refusing what can't be mixed: keypoints and boxes"
     xs, ys = _tup(xb), _tup(yb)
@@ -141,9 +146,7 @@ def _batch(xb, yb)->tuple:
         for i, t in enumerate(ts):
             # read once per type: a class's ancestors, looked up on every batch, cost microseconds
             if type(t) is not Tensor and _const(('refused', type(t)), lambda: _is(t, 'TensorPoint', 'TensorBBox')): raise TypeError(
-                f"{kind} {i} is a fastai {type(t).__name__}: keypoint and box coordinates can't be mixed meaningfully "
-                "(interpolated coordinates point between two objects; a pasted box would have to move, clip or drop them). "
-                "Train detection and keypoint models without a mixing callback")
+                f"{kind} {i} is a fastai {type(t).__name__}: " + (_BOXES if _is(t, 'TensorBBox') else _POINTS))
     return xs, ys, tuple(map(_plain, xs)), tuple(map(_plain, ys))
 
 # %% ../nbs/00_core.ipynb #75e3486f

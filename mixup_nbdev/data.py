@@ -10,7 +10,7 @@ from fastai.vision.all import *
 
 # %% auto #0
 __all__ = ['PHOTOS', 'SHAPE_CODES', 'SIGNAL_CLASSES', 'arrays_dls', 'digits_dls', 'photos_dls', 'small_cnn', 'shapes_seg',
-           'shapes_dls', 'show_seg', 'synth_signals', 'signals_dls']
+           'shapes_dls', 'show_seg', 'shapes_det', 'shapes_det_dls', 'synth_signals', 'signals_dls']
 
 # %% ../nbs/11_data.ipynb #e722da6e
 def arrays_dls(
@@ -148,6 +148,56 @@ def show_seg(
         if titles is not None: axs[0, i].set_title(titles[i], fontsize=9)
     for ax in axs.flat: ax.axis('off')
     plt.tight_layout()
+
+# %% ../nbs/11_data.ipynb #4b9df8b1
+def shapes_det(
+    n:int=256, # Number of images
+    size:int=64, # Side of the images
+    max_shapes:int=4, # Each image gets 1 to `max_shapes` shapes
+    seed:int=0 # Random seed: the same seed gives the same images
+)->tuple:
+    "`n` images of non-overlapping disks, squares and triangles on crops of scikit-image photos, `(n, size, size, 3)` uint8, and their targets in torchvision's convention: one dict per image with `boxes` `(k, 4)` (xyxy, pixels), `labels` `(k,)` (codes of `SHAPE_CODES`) and `masks` `(k, size, size)`"
+    draw = _skimage('draw')
+    rng = np.random.default_rng(seed)
+    photos = [getattr(_skimage('data'), name)() for name in PHOTOS.values()]
+    imgs, targets = np.empty((n, size, size, 3), np.uint8), []
+    for i in range(n):
+        photo = photos[rng.integers(len(photos))]
+        k = int(rng.integers(1, min(photo.shape[:2])//size + 1))
+        r, c = rng.integers(0, photo.shape[0]-k*size+1), rng.integers(0, photo.shape[1]-k*size+1)
+        imgs[i] = photo[r:r+k*size:k, c:c+k*size:k]
+        taken, masks, labels = np.zeros((size, size), bool), [], []
+        for _ in range(rng.integers(1, max_shapes+1)):
+            code, h = int(rng.integers(1, 4)), int(rng.integers(size//10, size//5))
+            cy, cx = rng.integers(h, size-h, 2)
+            if code == 1: rr, cc = draw.disk((cy, cx), h, shape=(size, size))
+            elif code == 2: rr, cc = draw.rectangle((cy-h, cx-h), extent=(2*h, 2*h), shape=(size, size))
+            else: rr, cc = draw.polygon([cy-h, cy+h, cy+h], [cx, cx-h, cx+h], shape=(size, size))
+            m = np.zeros((size, size), bool); m[rr, cc] = True
+            if (m & taken).any(): continue  # instances don't overlap, so each mask is the whole shape
+            taken |= m; masks.append(m); labels.append(code)
+            imgs[i, rr, cc] = rng.integers(0, 256, 3)
+        masks = np.stack(masks)
+        ys, xs = masks.any(2), masks.any(1)
+        boxes = np.stack([xs.argmax(1), ys.argmax(1), size - xs[:, ::-1].argmax(1), size - ys[:, ::-1].argmax(1)], 1)
+        targets.append(dict(boxes=torch.tensor(boxes, dtype=torch.float32), labels=torch.tensor(labels), masks=torch.from_numpy(masks)))
+    return imgs, targets
+
+# %% ../nbs/11_data.ipynb #2f669822
+def shapes_det_dls(
+    n:int=256, # Number of images
+    size:int=64, # Side of the images
+    bs:int=16, # Batch size
+    valid_pct:float=0.2, # Fraction held out for validation
+    seed:int=42, # Seed of the images and of the split
+    **kwargs # Passed to `DataBlock.dataloaders`
+)->DataLoaders:
+    "Detection `DataLoaders` of `shapes_det`, with fastai's `ImageBlock`, `BBoxBlock` and `BBoxLblBlock`"
+    imgs, targets = shapes_det(n, size, seed=seed)
+    items = [(PILImage.create(im), t['boxes'].tolist(), [SHAPE_CODES[c] for c in t['labels']]) for im, t in zip(imgs, targets)]
+    dblock = DataBlock(blocks=(ImageBlock, BBoxBlock, BBoxLblBlock), get_x=ItemGetter(0), get_y=[ItemGetter(1), ItemGetter(2)], n_inp=1,
+                       splitter=RandomSplitter(valid_pct, seed=seed), batch_tfms=Normalize.from_stats(*imagenet_stats))
+    return dblock.dataloaders(items, bs=bs, **kwargs)
 
 # %% ../nbs/11_data.ipynb #831e5740
 SIGNAL_CLASSES = ('sine', 'square', 'sawtooth', 'pulses', 'chirp')

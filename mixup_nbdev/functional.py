@@ -15,5 +15,6 @@ from .resizemix import *
 from .fmix import *
 from .choice import *
 from .guided import *
-from . import core, draws, loss, blend, cutmix, resizemix, fmix, choice, guided
-__all__ = [n for m in (core, draws, loss, blend, cutmix, resizemix, fmix, choice, guided) for n in m.__all__]  # every name of the layer
+from .detection import *
+from . import core, draws, loss, blend, cutmix, resizemix, fmix, choice, guided, detection
+__all__ = [n for m in (core, draws, loss, blend, cutmix, resizemix, fmix, choice, guided, detection) for n in m.__all__]  # every name of the layer

@@ -7,12 +7,12 @@ from __future__ import annotations
 import inspect, operator
 from fastai.basics import *
 from torch.distributions import Beta
-from .core import _const
+from .core import _const, _is
 from .functional import *
 _all_ = ['reduce_loss']  # fastai's `__all__` has it: `from mixup_nbdev.mixup import *` gives what fastai's gives
 
 # %% auto #0
-__all__ = ['MixHandler', 'MixUp', 'mixed_batch', 'show_mixed', 'CutMix', 'CutMixUp', 'ResizeMix', 'FMix', 'MixChoice',
+__all__ = ['MixHandler', 'MixUp', 'mixed_batch', 'show_mixed', 'CutMix', 'CutMixUp', 'ResizeMix', 'FMix', 'Mosaic', 'MixChoice',
            'reduce_loss']
 
 # %% ../nbs/09_mixup.ipynb #79e3b74d
@@ -25,7 +25,7 @@ class _MixedLossOnce:
     def __getattr__(self, name): return getattr(self.orig, name)  # `reduction`, `y_int`, ... are the original's
     def __reduce_ex__(self, protocol): return operator.itemgetter(0), ((self.orig,),)  # pickled (`learn.export`) as the original
 
-_given = dict(xb=None, yb=None, shift=None, params=None)  # what `mix` gives the mixing function itself, batch by batch
+_given = dict(xb=None, yb=None, images=None, targets=None, shift=None, params=None)  # what `mix` gives the mixing function itself, batch by batch
 _from = dict(y_int='stack_y')  # the mixing function's arguments that the callback keeps under another name
 
 class MixHandler(Callback):
@@ -34,6 +34,7 @@ class MixHandler(Callback):
     _batch_state = ('lam', 'yb1', 'shift', 'params')
     _sched = ('alpha', 'p')  # the arguments that take a schedule
     func = None  # the mixing function of a subclass, e.g. `staticmethod(mixup_batch)`: its settings are the callback's attributes of the same names
+    det_func = None  # the function that mixes detection batches (boxes and their labels), e.g. `staticmethod(mixup_detection)`
     def __init__(self,
         alpha:float=0.5, # Concentration of `Beta(alpha, alpha)`, λ's distribution: finite, > 0; or a schedule
         p:float=1., # Chance that a batch (or a sample, when mixing per sample) is mixed at all; or a schedule
@@ -113,9 +114,9 @@ class MixHandler(Callback):
 
     def before_train(self): self._setup()
 
-    def mixer(self):
-        "`func` with this batch's settings (a schedule's value at this batch), given `xb`, `yb`, and the partners or a record; None if the callback names no `func`"
-        f = self.func
+    def mixer(self, f=None):
+        "`f` (default `func`) with this batch's settings (a schedule's value at this batch), given `xb`, `yb`, and the partners or a record; None if the callback names no `func`"
+        f = self.func if f is None else f
         if f is None: return None
         args = _const(('settings', f), lambda: [a for a in inspect.signature(f).parameters if a not in _given])
         kw = {}
@@ -126,6 +127,7 @@ class MixHandler(Callback):
 
     def mix(self, shift=None)->Mixed:
         "Mix `learn.xb` and `learn.yb`, with the partners `shift` when given: `mixer()` draws the batch's record, kept as `params`, and applies it"
+        if self.det_func is not None and (self.func is None or detection_targets(self.learn.yb)): return self._mix_detection(shift)
         f = self.mixer()
         if f is None: raise NotImplementedError(f"{type(self).__name__} must name its mixing function (`func`), or define `mix` (returning a "
                                                 "`Mixed`), or `before_batch` as fastai's mixing callbacks do")
@@ -133,6 +135,15 @@ class MixHandler(Callback):
         if draw is None: return f(xb, yb) if shift is None else f(xb, yb, shift=shift)  # a function without records draws as it mixes
         self.params = r = draw(xb, yb, shift=shift)
         return f(xb, yb, params=r)
+
+    def _mix_detection(self, shift=None)->Mixed:
+        "Mix a detection batch with `det_func`: boxes and labels follow their pixels, so the loss needs no mixing"
+        if self.pairing != 'random': raise ValueError(f"pairing={self.pairing!r} pairs images by their class, and a detection image has boxes of many: use pairing='random'")
+        f = self.mixer(self.det_func)
+        xb, yb = self.learn.xb, self.learn.yb
+        self.params = r = draw_of(f)(xb, yb, **({} if shift is None else dict(shift=shift)))
+        img, tg = f(xb, yb, params=r)
+        return Mixed((img,), tuple(tg), None, r.lam, 0 if isinstance(r, MosaicParams) else r.shift)
 
     def before_batch(self):
         "Mix the batch, unless mixing has stopped"
@@ -168,6 +179,7 @@ class MixHandler(Callback):
 class MixUp(MixHandler):
     "Implementation of https://arxiv.org/abs/1710.09412"
     func = staticmethod(mixup_batch)
+    det_func = staticmethod(mixup_detection)
     def __init__(self, alpha:float=.4, p:float=1., stop_pct:float=1., pairing:str|LabelKernel='random'):
         super().__init__(alpha, p, stop_pct, pairing)
 
@@ -205,10 +217,12 @@ def show_mixed(
 class CutMix(MixHandler):
     "Implementation of https://arxiv.org/abs/1905.04899"
     func = staticmethod(cutmix_batch)
+    det_func = staticmethod(cutmix_detection)
     def __init__(self, alpha:float=1., per_sample:bool=False, p:float=1., stop_pct:float=1., mask_targets:bool|tuple|None=None,
-                 pairing:str|LabelKernel='random'):
+                 pairing:str|LabelKernel='random', min_visibility:float=.2):
         super().__init__(alpha, p, stop_pct, pairing)
         self.per_sample,self.mask_targets = check_flag(per_sample, 'per_sample'),mask_targets
+        self.min_visibility = check_prob(min_visibility, 'min_visibility')
 
 # %% ../nbs/09_mixup.ipynb #e1e80ac6
 class CutMixUp(MixHandler):
@@ -240,6 +254,32 @@ class FMix(MixHandler):
         super().__init__(alpha, p, stop_pct, pairing)
         self.decay_power,self.max_soft = check_positive(decay_power, 'decay_power'),check_soft(max_soft)
         self.per_sample,self.mask_targets = check_flag(per_sample, 'per_sample'),mask_targets
+
+# %% ../nbs/09_mixup.ipynb #5ae2af85
+class Mosaic(MixHandler):
+    "Mosaic (https://arxiv.org/abs/2004.10934): four images in a 2×2 grid at the input's size, their boxes or masks moved, clipped and dropped with their pixels; then, with `mixup_p`, MixUp of the mosaics, as in YOLOX"
+    _sched = ('p', 'mixup_p')
+    det_func = staticmethod(mosaic_detection)
+    def __init__(self,
+        min_visibility:float=.2, # Drop a box when less than this fraction of its area stays in the output
+        scale:tuple|None=None, # Resize each quarter's image by a factor uniform in `(lo, hi)`; None: no resizing, the fastest
+        centre:tuple=(.25, .75), # The grid's centre, uniform in this range of the height and of the width
+        p:float=1., # Chance that an image becomes a mosaic at all; or a schedule
+        mixup_p:float=0., # Chance that a batch of mosaics is then mixed by MixUp; or a schedule
+        mixup_alpha:float=1.5, # The MixUp's concentration of `Beta(alpha, alpha)`
+        fill:float=0., # The value of the pixels no image covers (with `scale` only)
+        stop_pct:float=1. # Stop mixing once this fraction of training is done
+    ):
+        super().__init__(1., p, stop_pct)
+        self.min_visibility,(self.scale,self.centre) = check_prob(min_visibility, 'min_visibility'),(scale,check_mosaic(scale, centre)[1])
+        self.mixup_p,self.mixup_alpha,self.fill = check_sched(mixup_p, 'mixup_p'),check_alpha(mixup_alpha, 'mixup_alpha'),fill
+
+    def mix(self, shift=None)->Mixed:
+        "The batch's mosaics: its targets must follow their pixels, boxes or segmentation masks"
+        if not any(_is(t, 'TensorBBox', 'TensorMask') for t in self.learn.yb): raise TypeError(
+            f"Mosaic puts four images into one, so its targets must follow their pixels: boxes (`BBoxBlock`, `BBoxLblBlock`) or segmentation "
+            f"masks (`MaskBlock`), got {', '.join(type(t).__name__ for t in self.learn.yb)}. Class labels: use CutMix, whose λ weighs two labels")
+        return super().mix(shift)
 
 # %% ../nbs/09_mixup.ipynb #991b1756
 def _own_mix(cb, xb, yb, **kwargs)->Mixed:
