@@ -1,0 +1,130 @@
+#!/usr/bin/env python
+"""What the detection functions cost, as ratios to rows measured side by side in the same run.
+
+Run from the repository root, in the development environment (nothing is installed or downloaded):
+
+    python bench/bench_detection.py           # writes bench/results_detection.json (a few minutes on 2 cores)
+    python bench/bench_detection.py --quick   # a short look; writes nothing
+    python bench/bench_detection.py --smoke   # tiny sizes, two rounds: checks that everything runs (tools/test.sh)
+
+Every round runs each row of a group once, in a new random order, so that a change of the machine's speed hits all
+alike; a figure is the median over rounds, and a ratio is that median over the median of the group's reference row.
+
+1. boxes: 32 images of 8×8 pixels with 20 boxes each, so that the images cost next to nothing: each function applying
+   a record drawn beforehand, on fastai's padded batch (`TensorBBox`, `TensorMultiCategory`) and on torchvision's list
+   of dicts, and the same record applied to the images alone (`mixup_batch`, `cutmix_batch`, Mosaic's copies). The box
+   work is the difference (targets: at most 0.3 ms padded, 1 ms for the list).
+2. images: 32×3×224×224 with 20 boxes each, everything drawn in the call: `x.clone()` (the limit row), `mixup_batch`
+   and `mixup_detection`, `cutmix_batch` and `cutmix_detection` (one box per batch, and per sample), `mosaic_detection`
+   without resizing (target: at most 1.5 clones) and with `scale=(.5, 1.5)`, and kornia's `RandomMosaic` where kornia
+   is installed (it is not a dependency).
+"""
+import argparse, json, random, statistics, sys, time, gc, warnings
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+import importlib.util  # this clone's package where none is importable (a bare machine); else the one installed
+if importlib.util.find_spec('mixup_nbdev') is None: sys.path.insert(0, str(HERE.parent))
+import torch
+
+def rounds_of(rows:dict, rounds:int, warmup:int=2, reps:int=1)->dict:
+    "Median seconds of each row (a function of no argument), the rows run once per round in a new random order: `reps` calls in a row, their mean"
+    for _ in range(warmup):
+        for f in rows.values(): f()
+    times = {k: [] for k in rows}
+    for r in range(rounds):
+        ks = list(rows); random.Random(r).shuffle(ks)
+        for k in ks:
+            if reps == 1: gc.collect()
+            t0 = time.perf_counter()
+            for _ in range(reps): rows[k]()
+            times[k].append((time.perf_counter() - t0) / reps)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+def batch(bs, size, n, seed=0):
+    "Images and `n` boxes per image (some padding: image `i` has `n - i % 4` boxes), as torchvision's list and as fastai's padded tensors"
+    from fastai.vision.all import TensorImage, TensorBBox, TensorMultiCategory
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(bs, 3, size, size, generator=g)
+    lo = torch.rand(bs, n, 2, generator=g) * size * .7
+    boxes = torch.cat([lo, lo + 1 + torch.rand(bs, n, 2, generator=g) * size * .3], -1).clamp(max=size)
+    labels = torch.randint(1, 10, (bs, n), generator=g)
+    counts = [n - i % 4 for i in range(bs)]
+    targets = [dict(boxes=boxes[i, :k], labels=labels[i, :k]) for i, k in enumerate(counts)]
+    valid = torch.arange(n) < torch.tensor(counts)[:, None]
+    fa = (TensorBBox(torch.where(valid[..., None], boxes / (size / 2) - 1, 0.)), TensorMultiCategory(torch.where(valid, labels, 0)))
+    return TensorImage(x), targets, fa
+
+def box_rows(bs, size, n, rounds):
+    from mixup_nbdev.functional import (mixup_detection, cutmix_detection, mosaic_detection, draw_mixup_detection, draw_cutmix_detection,
+                                        draw_mosaic_detection, mixup_batch, cutmix_batch)
+    from mixup_nbdev.detection import _place
+    x, tl, fa = batch(bs, size, n)
+    xp = x.as_subclass(torch.Tensor)
+    torch.manual_seed(0); random.seed(0)
+    rm, rc, ro = draw_mixup_detection(x, tl), draw_cutmix_detection(x, tl, per_sample=True), draw_mosaic_detection(x, tl)
+    rows = {}
+    for name, f, r, img in (('mixup_detection', mixup_detection, rm, lambda: mixup_batch(xp, params=rm)),
+                            ('cutmix_detection(per_sample=True)', cutmix_detection, rc, lambda: cutmix_batch(xp, params=rc)),
+                            ('mosaic_detection', mosaic_detection, ro, lambda: _place(torch.empty_like(xp), xp, ro, 'bilinear'))):
+        rows[f'{name}, padded'] = lambda f=f, r=r: f(x, fa, params=r)
+        rows[f'{name}, list'] = lambda f=f, r=r: f(x, tl, params=r)
+        rows[f'{name}, images alone'] = img
+    res = rounds_of(rows, rounds, warmup=5, reps=20)
+    for name in ('mixup_detection', 'cutmix_detection(per_sample=True)', 'mosaic_detection'):
+        for kind in ('padded', 'list'): res[f'{name}, box work, {kind}'] = res[f'{name}, {kind}'] - res[f'{name}, images alone']
+    return res
+
+def image_rows(bs, size, n, rounds):
+    from mixup_nbdev.functional import mixup_batch, cutmix_batch, mixup_detection, cutmix_detection, mosaic_detection
+    x, tl, fa = batch(bs, size, n)
+    xp, y = x.as_subclass(torch.Tensor), torch.randint(0, 10, (bs,))
+    rows = {'x.clone()': lambda: xp.clone(),
+            'mixup_batch': lambda: mixup_batch(xp, y), 'mixup_detection': lambda: mixup_detection(x, fa),
+            'cutmix_batch': lambda: cutmix_batch(xp, y), 'cutmix_detection': lambda: cutmix_detection(x, fa),
+            'cutmix_batch(per_sample=True)': lambda: cutmix_batch(xp, y, per_sample=True),
+            'cutmix_detection(per_sample=True)': lambda: cutmix_detection(x, fa, per_sample=True),
+            'mosaic_detection': lambda: mosaic_detection(x, fa), 'mosaic_detection(scale=(.5, 1.5))': lambda: mosaic_detection(x, fa, scale=(.5, 1.5))}
+    try:
+        import kornia.augmentation as K
+        mosaic = K.RandomMosaic((size, size), mosaic_grid=(2, 2), start_ratio_range=(.25, .75), p=1., data_keys=['input', 'bbox_xyxy'])
+        kb = torch.stack([torch.cat([t['boxes'], t['boxes'][:1].expand(n - len(t['boxes']), 4)]) for t in tl])
+        mosaic(xp, kb)
+        rows['kornia RandomMosaic'] = lambda: mosaic(xp, kb)
+    except Exception as e: print(f'kornia RandomMosaic left out: {type(e).__name__}: {e}')
+    return rounds_of(rows, rounds)
+
+def report(name, res, ref):
+    print(f'\n{name} (median over rounds; ratio to {ref!r})')
+    for k, v in res.items(): print(f'  {k:<48}{v*1e6:>12.1f} µs{v/res[ref]:>9.3f}x')
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--quick', action='store_true'); ap.add_argument('--smoke', action='store_true')
+    ap.add_argument('--out', default=str(HERE/'results_detection.json'))
+    a = ap.parse_args()
+    warnings.filterwarnings('ignore')
+    n = 2 if a.smoke else 5 if a.quick else 25
+    started = time.strftime('%Y-%m-%d %H:%M:%S %Z')
+    bx = box_rows(32, 8, 20, n)
+    report('boxes, 32 images of 8x8 with 20 boxes', bx, 'mixup_detection, images alone')
+    im = image_rows(4, 32, 5, n) if a.smoke else image_rows(32, 224, 20, n)
+    report('images, 32x3x224x224 with 20 boxes' if not a.smoke else 'images (smoke)', im, 'x.clone()')
+    targets = {**{f'{k} <= 0.3 ms': bx[k] <= 3e-4 for k in bx if 'box work, padded' in k},
+               **{f'{k} <= 1 ms': bx[k] <= 1e-3 for k in bx if 'box work, list' in k},
+               'mixup_detection <= mixup_batch': im['mixup_detection'] <= im['mixup_batch'],
+               'cutmix_detection <= cutmix_batch': im['cutmix_detection'] <= im['cutmix_batch'],
+               'cutmix_detection(per_sample=True) <= cutmix_batch(per_sample=True)': im['cutmix_detection(per_sample=True)'] <= im['cutmix_batch(per_sample=True)'],
+               'mosaic_detection <= 1.5 clones': im['mosaic_detection'] / im['x.clone()'] <= 1.5}
+    print('\ntargets:'); [print(f"  {'MET ' if ok else 'MISS'} {k}") for k, ok in targets.items()]
+    if a.smoke or a.quick: return
+    import os, subprocess
+    commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True, cwd=HERE).stdout.strip() or 'unknown'
+    dirty = bool(subprocess.run(['git', 'status', '--porcelain', '--', 'mixup_nbdev'], capture_output=True, text=True, cwd=HERE.parent).stdout.strip())
+    try: import kornia; kv = kornia.__version__
+    except ImportError: kv = None
+    out = dict(command=' '.join(sys.argv), started=started, finished=time.strftime('%Y-%m-%d %H:%M:%S %Z'), library=dict(commit=commit, dirty=dirty),
+               load_average=os.getloadavg(), torch=torch.__version__, kornia=kv, threads=torch.get_num_threads(), boxes=bx, images=im, targets=targets)
+    Path(a.out).write_text(json.dumps(out, indent=1) + '\n'); print(f'wrote {a.out}')
+
+if __name__ == '__main__': main()
