@@ -89,6 +89,18 @@ def sync_checks(dev, shapes=SHAPES):
             loss = regmixup_loss(F.cross_entropy, model(torch.cat([xb, m.xb[0]])), (yb,), m)
             opt.zero_grad(); loss.backward(); opt.step()
     check('plain loop, regmixup_loss', regmixup_loop)
+    # the detection functions on padded targets, every batch under the mode
+    from functools import partial
+    from mixup_nbdev.functional import Boxes, pad_targets, mixup_detection, cutmix_detection, mosaic_detection, copy_paste_detection
+    from mixup_nbdev.data import shapes_det, shapes_det_dls
+    imgs, tg = shapes_det(64, seed=0)
+    xd = torch.tensor(imgs).permute(0, 3, 1, 2).float().div(255).to(dev)
+    bd = pad_targets([{k: v.to(dev) for k, v in t.items()} for t in tg], (64, 64))[0]
+    for name, f in (('mixup_detection', mixup_detection), ('cutmix_detection', cutmix_detection),
+                    ('cutmix_detection per_sample', partial(cutmix_detection, per_sample=True)), ('mosaic_detection', mosaic_detection),
+                    ('mosaic_detection scale, mixup_p', partial(mosaic_detection, scale=(.5, 1.5), mixup_p=1.)), ('copy_paste_detection', copy_paste_detection)):
+        f(xd[:16], Boxes(*(None if t is None else t[:16] for t in bd)))
+        check(f'padded, {name}', lambda: [f(xd[i:i+16], Boxes(*(None if t is None else t[i:i+16] for t in bd))) for i in range(0, 64, 16)])
     # fastai's fit: the mode on from before_batch to after_loss
     class On(Callback):
         order = -100
@@ -109,6 +121,17 @@ def sync_checks(dev, shapes=SHAPES):
         def fit():
             with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-2)
         check(name, fit, 'default')
+        set_mode('default')
+    # fastai's fit on detection batches, with a loss that reads the padded labels only
+    from mixup_nbdev.mixup import Mosaic
+    ddls = shapes_det_dls(n=64, bs=16, device=dev)
+    def count_loss(pred, bb, lb): return F.mse_loss(pred[:, 0], (lb > 0).float().sum(1))
+    for cb in (MixUp(), CutMix(per_sample=True), Mosaic(mixup_p=.5)):
+        learn = Learner(ddls, torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, 2), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 1)),
+                        loss_func=count_loss, cbs=[On(), cb, Off()], opt_func=SGD)
+        def fit():
+            with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-2)
+        check(f'fit detection, {type(cb).__name__}', fit, 'default')
         set_mode('default')
     return res
 
