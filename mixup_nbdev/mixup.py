@@ -262,6 +262,7 @@ class Mosaic(MixHandler):
     det_func = staticmethod(mosaic_detection)
     def __init__(self,
         min_visibility:float=.2, # Drop a box when less than this fraction of its area stays in the output
+        per_sample:bool=False, # A grid (centre, scales, partners) per image, or one for the batch: the fastest
         scale:tuple|None=None, # Resize each quarter's image by a factor uniform in `(lo, hi)`; None: no resizing, the fastest
         centre:tuple=(.25, .75), # The grid's centre, uniform in this range of the height and of the width
         p:float=1., # Chance that an image becomes a mosaic at all; or a schedule
@@ -271,6 +272,7 @@ class Mosaic(MixHandler):
         stop_pct:float=1. # Stop mixing once this fraction of training is done
     ):
         super().__init__(1., p, stop_pct)
+        self.per_sample = check_flag(per_sample, 'per_sample')
         self.min_visibility,(self.scale,self.centre) = check_prob(min_visibility, 'min_visibility'),(scale,check_mosaic(scale, centre)[1])
         self.mixup_p,self.mixup_alpha,self.fill = check_sched(mixup_p, 'mixup_p'),check_alpha(mixup_alpha, 'mixup_alpha'),fill
 
