@@ -7,14 +7,18 @@ Run from the repository root, in the development environment (nothing is install
     python bench/bench_detection.py --quick   # a short look; writes nothing
     python bench/bench_detection.py --smoke   # tiny sizes, two rounds: checks that everything runs (tools/test.sh)
 
-Every round runs each row of a group once, in a new random order, so that a change of the machine's speed hits all
+Freed memory is reused for the next call (glibc's allocator set as `bench_mix.py`'s 'reuse' view sets it), as a GPU's
+caching allocator does: otherwise the first touch of each new output's pages, which varies from call to call, would
+weigh on the 224² rows. Every round runs each row of a group once, in a new random order, so that a change of the machine's speed hits all
 alike; a figure is the median over rounds, and a ratio is that median over the median of the group's reference row.
 
 1. boxes: 32 images of 8×8 pixels with 20 boxes each, so that the images cost next to nothing: each function applying
    a record drawn beforehand, on fastai's padded batch (`TensorBBox`, `TensorMultiCategory`) and on torchvision's list
    of dicts, and the same record applied to the images alone (`mixup_batch`, `cutmix_batch`, Mosaic's copies). The box
    work is the difference (targets: at most 0.3 ms padded, 1 ms for the list). Mosaic with a grid per image, its
-   slowest case for the boxes.
+   slowest case for the boxes. Those calls run back to back, with warm caches; as in training, where the model's pass
+   comes between two batches, the padded box work is timed again after a clone of a 32×3×224² batch has emptied the
+   caches ("caches emptied": the clone, timed alone, and the images' part subtracted).
 2. images: 32×3×224×224 with 20 boxes each, everything drawn in the call: `x.clone()` (the limit row), `mixup_batch`
    and `mixup_detection`, `cutmix_batch` and `cutmix_detection` (one box per batch, and per sample), `mosaic_detection`
    with one grid per batch and per image, without resizing (target: at most 1.5 clones) and with `scale=(.5, 1.5)`,
@@ -73,6 +77,16 @@ def box_rows(bs, size, n, rounds):
         rows[f'{name}, list'] = lambda f=f, r=r: f(x, tl, params=r)
         rows[f'{name}, images alone'] = img
     res = rounds_of(rows, rounds, warmup=5, reps=20)
+    # as in training, where the model's pass comes in between: the same calls with the caches emptied first, by a clone of
+    # a 32x3x224x224 batch (timed alone and subtracted)
+    big = torch.rand(32, 3, 224, 224) if bs == 32 else torch.rand(bs, 3, 32, 32)
+    cold = {'clone of a 224² batch': lambda: big.clone()}
+    for name, f, r in (('mixup_detection', mixup_detection, rm), ('cutmix_detection(per_sample=True)', cutmix_detection, rc),
+                       ('mosaic_detection(per_sample=True)', mosaic_detection, ro)):
+        cold[f'{name}, padded, caches emptied'] = lambda f=f, r=r: (big.clone(), f(x, fa, params=r))
+    cold = rounds_of(cold, rounds)
+    for k in cold:
+        if k.endswith('caches emptied'): res[k.replace('padded', 'box work, padded')] = cold[k] - cold['clone of a 224² batch'] - res[k.replace(', padded, caches emptied', ', images alone')]
     for name in ('mixup_detection', 'cutmix_detection(per_sample=True)', 'mosaic_detection(per_sample=True)'):
         for kind in ('padded', 'list'): res[f'{name}, box work, {kind}'] = res[f'{name}, {kind}'] - res[f'{name}, images alone']
     return res
@@ -112,6 +126,9 @@ def main():
     ap.add_argument('--out', default=str(HERE/'results_detection.json'))
     a = ap.parse_args()
     warnings.filterwarnings('ignore')
+    sys.path.insert(0, str(HERE))
+    from bench_mix import reuse_freed_memory
+    reuse_freed_memory()  # freed memory kept for the next call, as a GPU's caching allocator does: no page faults in the figures
     n = 2 if a.smoke else 5 if a.quick else 25
     started = time.strftime('%Y-%m-%d %H:%M:%S %Z')
     bx = box_rows(32, 8, 20, n)
@@ -133,7 +150,7 @@ def main():
     try: import kornia; kv = kornia.__version__
     except ImportError: kv = None
     out = dict(command=' '.join(sys.argv), started=started, finished=time.strftime('%Y-%m-%d %H:%M:%S %Z'), library=dict(commit=commit, dirty=dirty),
-               load_average=os.getloadavg(), torch=torch.__version__, kornia=kv, threads=torch.get_num_threads(), boxes=bx, images=im, targets=targets)
+               load_average=os.getloadavg(), torch=torch.__version__, kornia=kv, allocator='reuse', threads=torch.get_num_threads(), boxes=bx, images=im, targets=targets)
     Path(a.out).write_text(json.dumps(out, indent=1) + '\n'); print(f'wrote {a.out}')
 
 if __name__ == '__main__': main()
