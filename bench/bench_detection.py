@@ -25,27 +25,16 @@ alike; a figure is the median over rounds, and a ratio is that median over the m
    its images alone (the four rectangles of a grid copied, what any mosaic of the batch must write), and kornia's
    `RandomMosaic` where kornia is installed (it is not a dependency).
 """
-import argparse, json, random, statistics, sys, time, gc, warnings
+import argparse, json, random, sys, time, warnings
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 import importlib.util  # this clone's package where none is importable (a bare machine); else the one installed
 if importlib.util.find_spec('mixup_nbdev') is None: sys.path.insert(0, str(HERE.parent))
 import torch
-
-def rounds_of(rows:dict, rounds:int, warmup:int=2, reps:int=1)->dict:
-    "Median seconds of each row (a function of no argument), the rows run once per round in a new random order: `reps` calls in a row, their mean"
-    for _ in range(warmup):
-        for f in rows.values(): f()
-    times = {k: [] for k in rows}
-    for r in range(rounds):
-        ks = list(rows); random.Random(r).shuffle(ks)
-        for k in ks:
-            if reps == 1: gc.collect()
-            t0 = time.perf_counter()
-            for _ in range(reps): rows[k]()
-            times[k].append((time.perf_counter() - t0) / reps)
-    return {k: statistics.median(v) for k, v in times.items()}
+sys.path.insert(0, str(HERE))
+from bench_guided import rounds_of, report, write_results  # the same rounds, report and results file
+from bench_mix import reuse_freed_memory
 
 def batch(bs, size, n, seed=0):
     "Images and `n` boxes per image (some padding: image `i` has `n - i % 4` boxes), as torchvision's list and as fastai's padded tensors"
@@ -116,18 +105,12 @@ def image_rows(bs, size, n, rounds):
     except Exception as e: print(f'kornia RandomMosaic left out: {type(e).__name__}: {e}')
     return rounds_of(rows, rounds)
 
-def report(name, res, ref):
-    print(f'\n{name} (median over rounds; ratio to {ref!r})')
-    for k, v in res.items(): print(f'  {k:<48}{v*1e6:>12.1f} µs{v/res[ref]:>9.3f}x')
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--quick', action='store_true'); ap.add_argument('--smoke', action='store_true')
     ap.add_argument('--out', default=str(HERE/'results_detection.json'))
     a = ap.parse_args()
     warnings.filterwarnings('ignore')
-    sys.path.insert(0, str(HERE))
-    from bench_mix import reuse_freed_memory
     reuse_freed_memory()  # freed memory kept for the next call, as a GPU's caching allocator does: no page faults in the figures
     n = 2 if a.smoke else 5 if a.quick else 25
     started = time.strftime('%Y-%m-%d %H:%M:%S %Z')
@@ -144,13 +127,8 @@ def main():
                'mosaic_detection(per_sample=True) <= 1.5 clones': im['mosaic_detection(per_sample=True)'] / im['x.clone()'] <= 1.5}
     print('\ntargets:'); [print(f"  {'MET ' if ok else 'MISS'} {k}") for k, ok in targets.items()]
     if a.smoke or a.quick: return
-    import os, subprocess
-    commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True, cwd=HERE).stdout.strip() or 'unknown'
-    dirty = bool(subprocess.run(['git', 'status', '--porcelain', '--', 'mixup_nbdev'], capture_output=True, text=True, cwd=HERE.parent).stdout.strip())
     try: import kornia; kv = kornia.__version__
     except ImportError: kv = None
-    out = dict(command=' '.join(sys.argv), started=started, finished=time.strftime('%Y-%m-%d %H:%M:%S %Z'), library=dict(commit=commit, dirty=dirty),
-               load_average=os.getloadavg(), torch=torch.__version__, kornia=kv, allocator='reuse', threads=torch.get_num_threads(), boxes=bx, images=im, targets=targets)
-    Path(a.out).write_text(json.dumps(out, indent=1) + '\n'); print(f'wrote {a.out}')
+    write_results(a.out, started, kornia=kv, allocator='reuse', boxes=bx, images=im, targets=targets)
 
 if __name__ == '__main__': main()

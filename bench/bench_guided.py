@@ -125,8 +125,19 @@ def regmixup_rows(bs, size, rounds):
     return rounds_of(rows, rounds)
 
 def report(name, res, ref):
+    "Print a group of rows: each median in µs, and its ratio to the row `ref`"
     print(f'\n{name} (median over rounds; ratio to {ref!r})')
-    for k, v in res.items(): print(f'  {k:<40}{v*1e6:>12.1f} µs{v/res[ref]:>9.3f}x')
+    w = max(40, *map(len, res)) + 2
+    for k, v in res.items(): print(f'  {k:<{w}}{v*1e6:>12.1f} µs{v/res[ref]:>9.3f}x')
+
+def write_results(path, started:str, **fields):
+    "Write a run's results to `path` as JSON, with the command, the times, the library's commit (and whether its source had changes) and the load"
+    import os, subprocess
+    commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True, cwd=HERE).stdout.strip() or 'unknown'
+    dirty = bool(subprocess.run(['git', 'status', '--porcelain', '--', 'mixup_nbdev'], capture_output=True, text=True, cwd=HERE.parent).stdout.strip())
+    out = dict(command=' '.join(sys.argv), started=started, finished=time.strftime('%Y-%m-%d %H:%M:%S %Z'), library=dict(commit=commit, dirty=dirty),
+               load_average=os.getloadavg(), torch=torch.__version__, threads=torch.get_num_threads(), **fields)
+    Path(path).write_text(json.dumps(out, indent=1) + '\n'); print(f'wrote {path}')
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
@@ -149,12 +160,6 @@ def main():
                'Remix <= 50 µs beyond its mixer': rx['Remix(MixUp).before_batch'] - rx['MixUp.before_batch'] <= 50e-6}
     print('\ntargets:'); [print(f"  {'MET ' if ok else 'MISS'} {k}") for k, ok in targets.items()]
     if a.smoke or a.quick: return
-    import os, subprocess
-    commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True, cwd=HERE).stdout.strip() or 'unknown'
-    dirty = bool(subprocess.run(['git', 'status', '--porcelain', '--', 'mixup_nbdev'], capture_output=True, text=True, cwd=HERE.parent).stdout.strip())
-    out = dict(command=' '.join(sys.argv), started=started, finished=time.strftime('%Y-%m-%d %H:%M:%S %Z'), library=dict(commit=commit, dirty=dirty),
-               load_average=os.getloadavg(), torch=torch.__version__, threads=torch.get_num_threads(),
-               saliency=sal, transmix=tm, remix=rx, regmixup=rg, targets=targets)
-    Path(a.out).write_text(json.dumps(out, indent=1) + '\n'); print(f'wrote {a.out}')
+    write_results(a.out, started, saliency=sal, transmix=tm, remix=rx, regmixup=rg, targets=targets)
 
 if __name__ == '__main__': main()

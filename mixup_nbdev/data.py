@@ -87,6 +87,29 @@ def small_cnn(
 # %% ../nbs/11_data.ipynb #be1ca2a6
 SHAPE_CODES = ('background', 'disk', 'square', 'triangle')
 
+def _shape_images(n, size, max_shapes, seed, max_h, overlap=True):
+    "Each of `n` crops of the photos with 1 to `max_shapes` shapes of random colours drawn on it, and the shapes drawn, `(code, rows, cols)`, in order; without `overlap`, a shape that would overlap an earlier one is left out"
+    draw = _skimage('draw')
+    rng = np.random.default_rng(seed)
+    photos = [getattr(_skimage('data'), name)() for name in PHOTOS.values()]
+    for _ in range(n):
+        photo = photos[rng.integers(len(photos))]
+        k = int(rng.integers(1, min(photo.shape[:2])//size + 1))  # a crop of side k*size, subsampled by k
+        r, c = rng.integers(0, photo.shape[0]-k*size+1), rng.integers(0, photo.shape[1]-k*size+1)
+        img, shapes, taken = photo[r:r+k*size:k, c:c+k*size:k].copy(), [], np.zeros((size, size), bool)
+        for _ in range(rng.integers(1, max_shapes+1)):
+            code, h = int(rng.integers(1, 4)), int(rng.integers(size//10, max_h))
+            cy, cx = rng.integers(h, size-h, 2)
+            if code == 1: rr, cc = draw.disk((cy, cx), h, shape=(size, size))
+            elif code == 2: rr, cc = draw.rectangle((cy-h, cx-h), extent=(2*h, 2*h), shape=(size, size))
+            else: rr, cc = draw.polygon([cy-h, cy+h, cy+h], [cx, cx-h, cx+h], shape=(size, size))
+            if not overlap:
+                if taken[rr, cc].any(): continue
+                taken[rr, cc] = True
+            img[rr, cc] = rng.integers(0, 256, 3)
+            shapes.append((code, rr, cc))
+        yield img, shapes
+
 def shapes_seg(
     n:int=256, # Number of images
     size:int=64, # Side of the images
@@ -94,23 +117,10 @@ def shapes_seg(
     seed:int=0 # Random seed: the same seed gives the same images
 )->tuple:
     "`n` images of disks, squares and triangles of random colours on crops of scikit-image photos, `(n, size, size, 3)` uint8, and their masks, `(n, size, size)` with codes `SHAPE_CODES`"
-    draw = _skimage('draw')
-    rng = np.random.default_rng(seed)
-    photos = [getattr(_skimage('data'), name)() for name in PHOTOS.values()]
     imgs, masks = np.empty((n, size, size, 3), np.uint8), np.zeros((n, size, size), np.uint8)
-    for i in range(n):
-        photo = photos[rng.integers(len(photos))]
-        k = int(rng.integers(1, min(photo.shape[:2])//size + 1))  # a crop of side k*size, subsampled by k
-        r, c = rng.integers(0, photo.shape[0]-k*size+1), rng.integers(0, photo.shape[1]-k*size+1)
-        imgs[i] = photo[r:r+k*size:k, c:c+k*size:k]
-        for _ in range(rng.integers(1, max_shapes+1)):
-            code, h = int(rng.integers(1, 4)), int(rng.integers(size//10, size//4))
-            cy, cx = rng.integers(h, size-h, 2)
-            if code == 1: rr, cc = draw.disk((cy, cx), h, shape=(size, size))
-            elif code == 2: rr, cc = draw.rectangle((cy-h, cx-h), extent=(2*h, 2*h), shape=(size, size))
-            else: rr, cc = draw.polygon([cy-h, cy+h, cy+h], [cx, cx-h, cx+h], shape=(size, size))
-            imgs[i, rr, cc] = rng.integers(0, 256, 3)
-            masks[i, rr, cc] = code
+    for i, (img, shapes) in enumerate(_shape_images(n, size, max_shapes, seed, size//4)):
+        imgs[i] = img
+        for code, rr, cc in shapes: masks[i, rr, cc] = code
     return imgs, masks
 
 # %% ../nbs/11_data.ipynb #6629f4b1
@@ -157,30 +167,14 @@ def shapes_det(
     seed:int=0 # Random seed: the same seed gives the same images
 )->tuple:
     "`n` images of non-overlapping disks, squares and triangles on crops of scikit-image photos, `(n, size, size, 3)` uint8, and their targets in torchvision's convention: one dict per image with `boxes` `(k, 4)` (xyxy, pixels), `labels` `(k,)` (codes of `SHAPE_CODES`) and `masks` `(k, size, size)`"
-    draw = _skimage('draw')
-    rng = np.random.default_rng(seed)
-    photos = [getattr(_skimage('data'), name)() for name in PHOTOS.values()]
     imgs, targets = np.empty((n, size, size, 3), np.uint8), []
-    for i in range(n):
-        photo = photos[rng.integers(len(photos))]
-        k = int(rng.integers(1, min(photo.shape[:2])//size + 1))
-        r, c = rng.integers(0, photo.shape[0]-k*size+1), rng.integers(0, photo.shape[1]-k*size+1)
-        imgs[i] = photo[r:r+k*size:k, c:c+k*size:k]
-        taken, masks, labels = np.zeros((size, size), bool), [], []
-        for _ in range(rng.integers(1, max_shapes+1)):
-            code, h = int(rng.integers(1, 4)), int(rng.integers(size//10, size//5))
-            cy, cx = rng.integers(h, size-h, 2)
-            if code == 1: rr, cc = draw.disk((cy, cx), h, shape=(size, size))
-            elif code == 2: rr, cc = draw.rectangle((cy-h, cx-h), extent=(2*h, 2*h), shape=(size, size))
-            else: rr, cc = draw.polygon([cy-h, cy+h, cy+h], [cx, cx-h, cx+h], shape=(size, size))
-            m = np.zeros((size, size), bool); m[rr, cc] = True
-            if (m & taken).any(): continue  # instances don't overlap, so each mask is the whole shape
-            taken |= m; masks.append(m); labels.append(code)
-            imgs[i, rr, cc] = rng.integers(0, 256, 3)
-        masks = np.stack(masks)
+    for i, (img, shapes) in enumerate(_shape_images(n, size, max_shapes, seed, size//5, overlap=False)):  # instances don't overlap: each mask is the whole shape
+        imgs[i] = img
+        masks = np.zeros((len(shapes), size, size), bool)
+        for m, (_, rr, cc) in zip(masks, shapes): m[rr, cc] = True
         ys, xs = masks.any(2), masks.any(1)
         boxes = np.stack([xs.argmax(1), ys.argmax(1), size - xs[:, ::-1].argmax(1), size - ys[:, ::-1].argmax(1)], 1)
-        targets.append(dict(boxes=torch.tensor(boxes, dtype=torch.float32), labels=torch.tensor(labels), masks=torch.from_numpy(masks)))
+        targets.append(dict(boxes=torch.tensor(boxes, dtype=torch.float32), labels=torch.tensor([s[0] for s in shapes]), masks=torch.from_numpy(masks)))
     return imgs, targets
 
 # %% ../nbs/11_data.ipynb #2f669822
