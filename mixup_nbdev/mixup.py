@@ -276,12 +276,12 @@ class Mosaic(MixHandler):
         self.min_visibility,(self.scale,self.centre) = check_prob(min_visibility, 'min_visibility'),(scale,check_mosaic(scale, centre)[1])
         self.mixup_p,self.mixup_alpha,self.fill = check_sched(mixup_p, 'mixup_p'),check_alpha(mixup_alpha, 'mixup_alpha'),fill
 
-    def mix(self, shift=None)->Mixed:
-        "The batch's mosaics: its targets must follow their pixels, boxes or segmentation masks"
+    def mix(self)->Mixed:
+        "The batch's mosaics: its targets must follow their pixels, boxes or segmentation masks (each image has three partners, so `MixChoice` can't give it one)"
         if not any(_is(t, 'TensorBBox', 'TensorMask') for t in self.learn.yb): raise TypeError(
             f"Mosaic puts four images into one, so its targets must follow their pixels: boxes (`BBoxBlock`, `BBoxLblBlock`) or segmentation "
             f"masks (`MaskBlock`), got {', '.join(type(t).__name__ for t in self.learn.yb)}. Class labels: use CutMix, whose λ weighs two labels")
-        return super().mix(shift)
+        return super().mix()
 
 # %% ../nbs/09_mixup.ipynb #991b1756
 def _own_mix(cb, xb, yb, **kwargs)->Mixed:
