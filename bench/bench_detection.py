@@ -61,7 +61,7 @@ def box_rows(bs, size, n, rounds):
     rows = {}
     for name, f, r, img in (('mixup_detection', mixup_detection, rm, lambda: mixup_batch(xp, params=rm)),
                             ('cutmix_detection(per_sample=True)', cutmix_detection, rc, lambda: cutmix_batch(xp, params=rc)),
-                            ('mosaic_detection(per_sample=True)', mosaic_detection, ro, lambda: _place(torch.empty_like(xp), xp, ro, 'bilinear'))):
+                            ('mosaic_detection(per_sample=True)', mosaic_detection, ro, lambda: _place(torch.empty_like(xp), xp, ro))):
         rows[f'{name}, padded'] = lambda f=f, r=r: f(x, fa, params=r)
         rows[f'{name}, list'] = lambda f=f, r=r: f(x, tl, params=r)
         rows[f'{name}, images alone'] = img
@@ -95,7 +95,7 @@ def image_rows(bs, size, n, rounds):
             'mosaic_detection': lambda: mosaic_detection(x, fa), 'mosaic_detection(per_sample=True)': lambda: mosaic_detection(x, fa, per_sample=True),
             'mosaic_detection(scale=(.5, 1.5))': lambda: mosaic_detection(x, fa, scale=(.5, 1.5)),
             'mosaic_detection(per_sample=True, scale=(.5, 1.5))': lambda: mosaic_detection(x, fa, per_sample=True, scale=(.5, 1.5)),
-            "Mosaic's images alone (four rectangles copied)": lambda: _place(torch.empty_like(xp), xp, r, 'bilinear')}
+            "Mosaic's images alone (four rectangles copied)": lambda: _place(torch.empty_like(xp), xp, r)}
     try:
         import kornia.augmentation as K
         mosaic = K.RandomMosaic((size, size), mosaic_grid=(2, 2), start_ratio_range=(.25, .75), p=1., data_keys=['input', 'bbox_xyxy'])

@@ -135,7 +135,11 @@ def shapes_dls(
     "Segmentation `DataLoaders` of `shapes_seg`, with fastai's `ImageBlock` and `MaskBlock`"
     imgs, masks = shapes_seg(n, size, seed=seed)
     items = [(PILImage.create(i), PILMask.create(m)) for i,m in zip(imgs, masks)]
-    dblock = DataBlock(blocks=(ImageBlock, MaskBlock(SHAPE_CODES)), get_x=ItemGetter(0), get_y=ItemGetter(1),
+    return _shapes_dls(items, (ImageBlock, MaskBlock(SHAPE_CODES)), ItemGetter(1), valid_pct, seed, bs, **kwargs)
+
+def _shapes_dls(items, blocks, get_y, valid_pct, seed, bs, **kwargs)->DataLoaders:
+    "`DataLoaders` of in-memory `items`, an image first: split at random with `seed`, normalised with ImageNet's statistics"
+    dblock = DataBlock(blocks=blocks, get_x=ItemGetter(0), get_y=get_y, n_inp=1,
                        splitter=RandomSplitter(valid_pct, seed=seed), batch_tfms=Normalize.from_stats(*imagenet_stats))
     return dblock.dataloaders(items, bs=bs, **kwargs)
 
@@ -189,9 +193,7 @@ def shapes_det_dls(
     "Detection `DataLoaders` of `shapes_det`, with fastai's `ImageBlock`, `BBoxBlock` and `BBoxLblBlock`"
     imgs, targets = shapes_det(n, size, seed=seed)
     items = [(PILImage.create(im), t['boxes'].tolist(), [SHAPE_CODES[c] for c in t['labels']]) for im, t in zip(imgs, targets)]
-    dblock = DataBlock(blocks=(ImageBlock, BBoxBlock, BBoxLblBlock), get_x=ItemGetter(0), get_y=[ItemGetter(1), ItemGetter(2)], n_inp=1,
-                       splitter=RandomSplitter(valid_pct, seed=seed), batch_tfms=Normalize.from_stats(*imagenet_stats))
-    return dblock.dataloaders(items, bs=bs, **kwargs)
+    return _shapes_dls(items, (ImageBlock, BBoxBlock, BBoxLblBlock), [ItemGetter(1), ItemGetter(2)], valid_pct, seed, bs, **kwargs)
 
 # %% ../nbs/11_data.ipynb #831e5740
 SIGNAL_CLASSES = ('sine', 'square', 'sawtooth', 'pulses', 'chirp')

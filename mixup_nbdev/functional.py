@@ -15,6 +15,7 @@ from .resizemix import *
 from .fmix import *
 from .choice import *
 from .guided import *
+from .boxes import *
 from .detection import *
-from . import core, draws, loss, blend, cutmix, resizemix, fmix, choice, guided, detection
-__all__ = [n for m in (core, draws, loss, blend, cutmix, resizemix, fmix, choice, guided, detection) for n in m.__all__]  # every name of the layer
+from . import core, draws, loss, blend, cutmix, resizemix, fmix, choice, guided, boxes, detection
+__all__ = [n for m in (core, draws, loss, blend, cutmix, resizemix, fmix, choice, guided, boxes, detection) for n in m.__all__]  # every name of the layer

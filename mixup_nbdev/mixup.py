@@ -143,7 +143,7 @@ class MixHandler(Callback):
         xb, yb = self.learn.xb, self.learn.yb
         self.params = r = draw_of(f)(xb, yb, **({} if shift is None else dict(shift=shift)))
         img, tg = f(xb, yb, params=r)
-        return Mixed((img,), tuple(tg), None, r.lam, 0 if isinstance(r, MosaicParams) else r.shift)
+        return Mixed((img,), tuple(tg), None, r.lam, r.shift)
 
     def before_batch(self):
         "Mix the batch, unless mixing has stopped"
@@ -281,7 +281,7 @@ class Mosaic(MixHandler):
         if not any(_is(t, 'TensorBBox', 'TensorMask') for t in self.learn.yb): raise TypeError(
             f"Mosaic puts four images into one, so its targets must follow their pixels: boxes (`BBoxBlock`, `BBoxLblBlock`) or segmentation "
             f"masks (`MaskBlock`), got {', '.join(type(t).__name__ for t in self.learn.yb)}. Class labels: use CutMix, whose λ weighs two labels")
-        return super().mix()
+        return super().mix()._replace(shift=0)  # three partners per image: no one offset or partner index says who
 
 # %% ../nbs/09_mixup.ipynb #991b1756
 def _own_mix(cb, xb, yb, **kwargs)->Mixed:
