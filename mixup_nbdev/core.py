@@ -4,14 +4,14 @@
 
 # %% ../nbs/00_core.ipynb #172b3eea
 from __future__ import annotations
-import math, numbers
+import importlib.util, math, numbers
 import numpy as np
 import torch
 from torch import Tensor
 
 # %% auto #0
 __all__ = ['check_alpha', 'check_prob', 'check_flag', 'check_sched', 'check_positive', 'check_soft', 'check_scope',
-           'check_weight', 'check_weights']
+           'check_weight', 'check_weights', 'needs_extra']
 
 # %% ../nbs/00_core.ipynb #826a7c60
 def check_alpha(
@@ -191,3 +191,15 @@ def _mask_targets(ys:tuple, yps:tuple, size:tuple, mask_targets)->list:
     for i in idx:
         if not _spatial(yps[i], bs, size): raise ValueError(f"target {i} is pasted as a mask, so it must be (bs, ..., *{size}), got {tuple(yps[i].shape)}")
     return idx
+
+# %% ../nbs/00_core.ipynb #377bddd0
+def needs_extra(
+    module:str, # The module that needs the packages, e.g. 'mixup_nbdev.mixup'
+    packages:tuple=('fastai',), # The packages it imports
+    extra:str='fastai' # The extra of `mixup_nbdev` that installs them
+):
+    "Raise an `ImportError` that names the extra to install when one of `packages` is not installed"
+    missing = [p for p in packages if importlib.util.find_spec(p) is None]
+    if missing: raise ImportError(f"{module} needs {' and '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not installed: "
+                                  f'pip install "mixup_nbdev[{extra}]"', name=missing[0])
+
