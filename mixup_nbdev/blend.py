@@ -82,8 +82,8 @@ class Mixed(NamedTuple):
     xb:tuple
     yb:tuple
     yb1:tuple|None
-    lam:Tensor|float
-    shift:int
+    lam:Tensor # Each sample's share of itself `(bs,)`, or a 0-d tensor when one λ holds for the whole batch
+    shift:int|Tensor
 
     @property
     def perm(self)->Tensor:
@@ -92,9 +92,26 @@ class Mixed(NamedTuple):
         bs = self.xb[0].shape[0]
         return (torch.arange(bs, device=self.xb[0].device) + self.shift) % bs
 
-    def loss(self, loss_func, pred:Tensor, reduction:str|None=None)->Tensor:
-        "`mix_loss` of `pred` for this batch"
+    def loss(self,
+        loss_func, # Any loss `loss_func(pred, *yb)`: PyTorch's, a per-sample function, or (with one λ for the batch) one that reduces itself
+        pred:Tensor, # The model's output for the mixed inputs
+        reduction:str|None=None # Defaults to `loss_func.reduction`, else 'mean' ('none' for a per-sample function)
+    )->Tensor:
+        "`mix_loss` of `pred` for this batch: each sample's loss against its own and its partner's targets, weighted λ and 1-λ, reduced like `loss_func`"
         return mix_loss(loss_func, pred, self.yb, self.yb1, self.lam, reduction)
+
+    def soft_targets(self,
+        num_classes:int|None=None, # Number of classes: needed for class indices
+        label_smoothing:float=0., # ε of each source's target, as `smooth_targets`
+        multi_label:bool=False # Multi-hot targets, smoothed towards 0.5
+    )->Tensor:
+        "Each sample's soft target `(bs, num_classes, *)` from the first targets: its own and its partner's, label-smoothed, weighted λ and 1-λ"
+        if not self.yb: raise ValueError("the batch has no targets to make soft targets of: pass them to the mixing function, `f(xb, yb)`")
+        s = smooth_targets(self.yb[0], num_classes, label_smoothing, multi_label)
+        if self.yb1 is None: return s  # targets mixed already (or pasted masks, or unmixed): smoothing is linear, so it commutes
+        s1 = smooth_targets(self.yb1[0], num_classes, label_smoothing, multi_label)
+        return torch.lerp(s1, s, _bcast(self.lam, s))
+
 
 # %% ../nbs/03_blend.ipynb #aaaf74de
 def _selfless(lam, shift):
@@ -102,6 +119,14 @@ def _selfless(lam, shift):
     alone = self_paired(shift)
     if alone is None: return lam
     return torch.where(alone, 1., lam if isinstance(lam, Tensor) else torch.full(alone.shape, float(lam), device=shift.device))
+
+def _lam(lam)->Tensor:
+    "`Mixed.lam`: a tensor, 0-d on the host for one λ of the batch (a float, which a GPU batch uses with no copy)"
+    return lam if isinstance(lam, Tensor) else torch.tensor(float(lam))
+
+def _unmixed(xs:tuple, ys:tuple, lam=1.)->Mixed:
+    "The `Mixed` of a batch left as it is"
+    return Mixed(xs, ys, None, _lam(lam), 0)
 
 # %% ../nbs/03_blend.ipynb #b839400a
 def mix_targets(
@@ -112,17 +137,18 @@ def mix_targets(
     skip:tuple=() # Indices of targets already mixed (pasted masks): kept as they are
 )->Mixed:
     "The targets of a mixed batch: `yb` with `yb1` kept for a mixed loss if `y_int`, else `lam*yb + (1-lam)*yb1` (`xb` and `shift` left for the caller)"
-    if y_int: return Mixed(None, tuple(yb), tuple(yb1), lam, 0)
+    if y_int: return Mixed(None, tuple(yb), tuple(yb1), _lam(lam), 0)
     ys = []
     for i,(y,y1) in enumerate(zip(yb, yb1)):
         if i in skip: ys.append(y); continue
         yp = _plain(y)
         if not torch.is_floating_point(yp):
-            raise TypeError(f"target {i} is {yp.dtype} but the loss has no `y_int`, so targets must be interpolated, and integers can't be. "
-                "Use a loss with `y_int=True` (e.g. `CrossEntropyLossFlat`; your own loss: set `loss_func.y_int = True` and give it a `reduction` argument) "
-                "so the losses are mixed instead, or give float (one-hot, multi-hot) targets")
+            raise TypeError(f"target {i} is {yp.dtype}, and y_int=False interpolates the targets, which integers can't be (in fastai's callbacks: "
+                "the loss has no `y_int`). Pass y_int=True to keep the partners' targets for `Mixed.loss`, use `Mixed.soft_targets(num_classes)`, "
+                "or give float (one-hot, multi-hot) targets. In fastai, use a loss with `y_int=True` (e.g. `CrossEntropyLossFlat`; your own loss: "
+                "set `loss_func.y_int = True` and give it a `reduction` argument)")
         ys.append(_like(torch.lerp(_plain(y1), yp, _bcast(lam, yp)), y))
-    return Mixed(None, tuple(ys), None, lam, 0)
+    return Mixed(None, tuple(ys), None, _lam(lam), 0)
 
 # %% ../nbs/03_blend.ipynb #590dfd5f
 def _rotate_rows(
@@ -216,5 +242,5 @@ def mix_by_mask(
     "Mix a batch by a mask: every input with the mask's spatial size, and every mask target, takes the partners' values where `mask` is True; `lam` is the exact fraction kept"
     xs, ys, xps, yps = _batch(xb, yb)
     if lam is None: lam = mask_lam(mask)
-    if not _mixes(shift): return Mixed(xs, ys, None, torch.ones_like(lam), 0)
+    if not _mixes(shift): return _unmixed(xs, ys, torch.ones_like(lam))
     return _paste_batch(xs, ys, xps, yps, tuple(mask.shape[1:]), _mask_paste(mask, shift), lam, shift, y_int, mask_targets)

@@ -12,7 +12,7 @@ from .core import _batch, _like, _mask_targets, _plain
 from .draws import *
 from .draws import DRAW, _live, _mixes, _record
 from .blend import *
-from .blend import _lerp_partner, _selfless
+from .blend import _lerp_partner, _selfless, _unmixed
 
 # %% auto #0
 __all__ = ['draw_mixchoice', 'MixChoiceParams', 'mixchoice_batch']
@@ -56,7 +56,7 @@ def mixchoice_batch(
     r = _record(params, MixChoiceParams, 'draw_mixchoice', bs) or _draw_mixchoice(xs, ys, x0, fs, weights, per_sample, pairing, choice, shift)
     if params is DRAW: return r
     choice, shift, rs = r
-    if choice is None: return Mixed(xs, ys, None, torch.ones(bs, device=x0.device) if per_sample else 1., 0)
+    if choice is None: return _unmixed(xs, ys, torch.ones(bs, device=x0.device) if per_sample else 1.)
     if not isinstance(choice, Tensor):  # a function without records draws as it mixes
         f, fr = fs[choice], rs[0]
         return f(xb, yb, params=fr) if fr is not None else f(xb, yb) if shift is None else f(xb, yb, shift=shift)

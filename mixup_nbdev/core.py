@@ -139,22 +139,40 @@ _POINTS = ("keypoints can't be mixed meaningfully: interpolated coordinates poin
 _BOXES = ("this method can't keep boxes right. Mix detection batches (a `TensorBBox` and its `TensorMultiCategory` labels) with MixUp, "
           "CutMix or Mosaic, or with the functions `mixup_detection`, `cutmix_detection`, `mosaic_detection` and `copy_paste_detection`")
 
+def _not_tensor(t, kind:str, i:int):
+    "The clear error for an input or target that is not a tensor"
+    name = type(t).__name__
+    fix = ("convert the images to tensors and stack them into a batch first (torchvision: `v2.PILToTensor()` or `v2.ToImage()` "
+           "in the dataset's transforms, then `v2.ToDtype(torch.float32, scale=True)`)" if type(t).__module__.startswith('PIL')
+           else "class names must become class indices first, `torch.tensor([classes.index(c) for c in names])`" if isinstance(t, str)
+           else "make it one, e.g. `torch.as_tensor(...)`, with one row per sample")
+    return ValueError(f"{kind} {i} is not a tensor but a `{name}`: a batch is a tensor (bs, ...), or a tuple of them; {fix}")
+
 def _batch(xb, yb)->tuple:
-    "Inputs and targets as tuples, with their plain tensors, refusing what can't be mixed: keypoints and boxes"
+    "Inputs and targets as tuples, with their plain tensors, refusing what can't be mixed: non-tensors, targets without a row per sample, keypoints and boxes"
     xs, ys = _tup(xb), _tup(yb)
+    if not xs: raise ValueError("the batch has no inputs: pass a tensor (bs, ...), or a tuple of them")
     for kind, ts in (('input', xs), ('target', ys)):
         for i, t in enumerate(ts):
+            if type(t) is Tensor: continue
+            if not isinstance(t, Tensor): raise _not_tensor(t, kind, i)
             # read once per type: a class's ancestors, looked up on every batch, cost microseconds
-            if type(t) is not Tensor and _const(('refused', type(t)), lambda: _is(t, 'TensorPoint', 'TensorBBox')): raise TypeError(
+            if _const(('refused', type(t)), lambda: _is(t, 'TensorPoint', 'TensorBBox')): raise TypeError(
                 f"{kind} {i} is a fastai {type(t).__name__}: " + (_BOXES if _is(t, 'TensorBBox') else _POINTS))
+    if xs[0].ndim == 0: raise ValueError("input 0 is a 0-d tensor: a batch has one row per sample, (bs, ...)")
+    bs = xs[0].shape[0]
+    for i, y in enumerate(ys):
+        if y.ndim == 0 or y.shape[0] != bs: raise ValueError(
+            f"target {i} has shape {tuple(y.shape)}, and the inputs hold {bs} samples: each target needs one row per sample, (bs, ...). "
+            "Pass the targets of this batch (are inputs and targets of different batches, or is a target a scalar?)")
     return xs, ys, tuple(map(_plain, xs)), tuple(map(_plain, ys))
 
 # %% ../nbs/00_core.ipynb #75e3486f
 def _check_float(tp:Tensor, what:str='MixUp'):
     "Raise the clear error for a batch that must be interpolated but holds integers"
     if not torch.is_floating_point(tp):
-        raise TypeError(f"{what} interpolates inputs, so they must be floating point, got {tp.dtype}. Integer images: convert them first "
-                        "(fastai: `IntToFloatTensor` in `batch_tfms`), or use CutMix, which only copies values. "
+        raise TypeError(f"{what} interpolates inputs, so they must be floating point, got {tp.dtype}. Integer images: convert them first, "
+                        "`x.float() / 255` (fastai does it with `IntToFloatTensor` in `batch_tfms`), or use CutMix, which only copies values. "
                         "Category codes or token ids (tabular, text) can't be interpolated: input mixing does not apply to them")
 
 def _blendable(tp:Tensor, bs:int)->bool:
@@ -162,8 +180,9 @@ def _blendable(tp:Tensor, bs:int)->bool:
     return torch.is_floating_point(tp) and tp.ndim > 0 and tp.shape[0] == bs
 
 def _bcast(lam, t:Tensor):
-    "`lam` (a float, or one value per sample) shaped to broadcast over `t`, in `t`'s dtype"
+    "`lam` (a number, a 0-d tensor, or one value per sample) shaped to broadcast over `t`, in `t`'s dtype"
     if not isinstance(lam, Tensor): return lam
+    if lam.ndim == 0 and lam.device.type == 'cpu': return lam.item()  # one λ: a number, which a batch on any device takes
     if lam.dtype != t.dtype: lam = lam.to(t.dtype)
     return lam.view(-1, *[1]*(t.ndim-1))
 

@@ -13,7 +13,7 @@ from .core import _batch, _bcast, _blendable, _check_float, _const, _like, _mask
 from .draws import *
 from .draws import DRAW, _draw, _fits, _mixes, _record
 from .blend import *
-from .blend import _lerp_partner, _mask_paste, _mix_plain, _partner, _paste_batch, _selfless, _where_partner
+from .blend import _lerp_partner, _mask_paste, _mix_plain, _partner, _paste_batch, _unmixed, _selfless, _where_partner
 
 # %% auto #0
 __all__ = ['draw_mixup', 'draw_cutmix', 'draw_cutmixup', 'MixUpParams', 'mixup_batch', 'CutMixParams', 'cutmix_batch', 'rand_box',
@@ -49,15 +49,14 @@ def mixup_batch(
     params:MixUpParams|None=None # A record from `draw_mixup` to apply, drawing nothing; default: drawn for this batch
 )->Mixed:
     "MixUp (https://arxiv.org/abs/1710.09412) of a batch: each sample keeps `lam>=0.5` of itself and takes the rest from its partner"
-    xs, ys = _tup(xb), _tup(yb)
-    x0 = _plain(xs[0])
+    # plain tensors, once each: each attribute of a fastai `TensorImage` costs a `__torch_function__` call
+    xs, ys, xps, _ = _batch(xb, yb)
+    x0 = xps[0]
     r = _record(params, MixUpParams, 'draw_mixup', x0.shape[0]) or _draw_mixup(x0, ys, alpha, p, draws, pairing, shift)
     if params is DRAW: return r  # drawn for any batch: Manifold Mixup mixes hidden layers of models with integer inputs
-    # plain tensors, once each: each attribute of a fastai `TensorImage` costs a `__torch_function__` call
-    xs, ys, xps, _ = _batch(xs, ys)
     _check_float(x0)
     shift, lam = r
-    if not _mixes(shift): return Mixed(xs, ys, None, lam, 0)
+    if not _mixes(shift): return _unmixed(xs, ys, lam)
     res = mix_targets(ys, tuple(partner(y, shift) for y in ys), lam, y_int)
     return res._replace(xb=tuple(_mix_plain(x, xp, lam, shift) if _blendable(xp, x0.shape[0]) else x for x, xp in zip(xs, xps)), shift=shift)
 
@@ -107,13 +106,12 @@ def cutmix_batch(
 )->Mixed:
     "CutMix (https://arxiv.org/abs/1905.04899): paste a box from each sample's partner; `lam` is the exact fraction each sample kept"
     per_sample = check_flag(per_sample, 'per_sample')
-    xs, ys = _tup(xb), _tup(yb)
-    x0 = _plain(xs[0]); size = _spatial_size(x0, 'CutMix')
+    xs, ys, xps, yps = _batch(xb, yb)  # plain tensors once each, as in `mixup_batch`
+    x0 = xps[0]; size = _spatial_size(x0, 'CutMix')
     r = _record(params, CutMixParams, 'draw_cutmix', x0.shape[0]) or _draw_cutmix(x0, ys, size, alpha, per_sample, p, draws, pairing, shift)
     if params is DRAW: return r
-    xs, ys, xps, yps = _batch(xs, ys)  # plain tensors once each, as in `mixup_batch`
     shift, lam, box, inside = r
-    if not _mixes(shift): return Mixed(xs, ys, None, lam, 0)
+    if not _mixes(shift): return _unmixed(xs, ys, lam)
     _fits(tuple(inside.shape[1:]) == (len(size), max(size)) if inside is not None
           else len(box) == len(size) and all(b.stop <= s for b, s in zip(box, size)), 'draw_cutmix')
     if inside is not None: paste = _mask_paste(box_mask(inside, size), shift)
@@ -278,11 +276,11 @@ def cutmixup_batch(
         xs, ys, x0, size, mixup_alpha, cutmix_alpha, switch_prob, per_sample, p, draws, pairing, shift)
     if params is DRAW: return r
     if r.cut is None:  # per batch: exactly the chosen method's result
-        if r.params is None: return Mixed(xs, ys, None, 1., 0)
+        if r.params is None: return _unmixed(xs, ys)
         if isinstance(r.params, CutMixParams): return cutmix_batch(xs, ys, y_int=y_int, inplace=inplace, mask_targets=mask_targets, params=r.params)
         return mixup_batch(xs, ys, y_int=y_int, params=r.params)
     shift, lam, _, cut, lam_mix, inside = r
-    if not _mixes(shift): return Mixed(xs, ys, None, lam, 0)
+    if not _mixes(shift): return _unmixed(xs, ys, lam)
     _fits(tuple(inside.shape[1:]) == (len(size), max(size)), 'draw_cutmixup')
     box = box_mask(inside, size) & cut.view(bs, *[1]*len(size))  # only cut samples take a box
     w = torch.where(cut, 1., lam_mix)  # a blended sample keeps λ of itself, a cut one all of itself outside its box

@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_draws.ipynb #2c44eb6e
 from __future__ import annotations
-import inspect, math, numbers, random
+import bisect, inspect, math, numbers, random
 from functools import partial, wraps
 import torch
 from torch import Tensor
@@ -35,15 +35,15 @@ def normal(
 def coin(
     p:float # Chance of True
 )->bool:
-    "True with chance `p`, on the host; the coin is flipped even when `p` is 1, so that the host's stream of draws doesn't depend on `p`"
-    return random.random() < p
+    "True with chance `p`, drawn on the host by torch's CPU generator; flipped even when `p` is 1, so that the stream of draws doesn't depend on `p`"
+    return torch.rand(()).item() < p
 
 def draw_int(
     lo:int, # The smallest value
     hi:int # One more than the largest value
 )->int:
-    "An integer uniform in `lo..hi-1`, on the host"
-    return random.randrange(lo, hi)
+    "An integer uniform in `lo..hi-1`, drawn on the host by torch's CPU generator"
+    return torch.randint(lo, hi, ()).item()
 
 # %% ../nbs/01_draws.ipynb #1169b32d
 def sample_lam(
@@ -65,8 +65,11 @@ def sample_lam(
 def host_lam(
     alpha:float # Concentration of `Beta(alpha, alpha)`
 )->float:
-    "One λ from `Beta(alpha, alpha)`, drawn on the host: for one box or mask for the whole batch, whose size must be a Python number"
-    return random.betavariate(alpha, alpha)
+    "One λ from `Beta(alpha, alpha)`, drawn on the host by torch's CPU generator: for one box or mask for the whole batch, whose size must be a Python number"
+    if alpha == 1: return torch.rand(()).item()
+    # Beta(a, a) is G1/(G1+G2) for two Gamma(a) draws: one call, a tenth of `Beta.sample`'s cost
+    g1, g2 = torch._standard_gamma(_const(('gamma', float(alpha)), lambda: torch.full((2,), float(alpha)))).tolist()
+    return g1 / (g1 + g2)
 
 # %% ../nbs/01_draws.ipynb #0e36ed37
 def draw_shift(
@@ -195,9 +198,9 @@ def draw_choice(
     "The method that mixes the batch (an index into `weights`, drawn on the host), or each of `n` samples (`(n,)`, on `device`), each with probability ∝ its weight; None if every weight is 0"
     live = _live(weights)
     if len(live) < 2: return live[0] if live else None  # nothing to choose: no draw
-    if n is None: return random.choices(live, [weights[i] for i in live])[0]
-    # a uniform draw against the weights' running totals, on the device: no host-device sync
+    # a uniform draw against the weights' running totals: on the host for the batch, on the device (no sync) per sample
     tot = [sum(weights[i] for i in live[:j+1]) for j in range(len(live))]
+    if n is None: return live[bisect.bisect_right(tot[:-1], torch.rand(()).item() * tot[-1])]
     u = uniform(n, device=device) * tot[-1]
     k = sum((u >= t).long() for t in tot[:-1])
     return sum((k == j).long() * i for j, i in enumerate(live))
@@ -254,21 +257,21 @@ def _same(a, b)->bool:
     if isinstance(a, dict): return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
     return a == b
 
-def _generators()->tuple: return random.getstate(), torch.get_rng_state()
+def _generators()->tuple: return random.getstate(), torch.get_rng_state()  # Python's too: applying must draw from neither
 
 def check_record(
     f, # A mixing function with a draw function (`draw_of(f)`), such as `partial(cutmix_batch, per_sample=True)`
     xb, yb=(), # A batch
-    seed:int=0, # Seeds Python's and torch's generators before the plain call and before the draw
+    seed:int=0, # Seeds torch's generators before the plain call and before the draw
     **kwargs # More arguments for `f`, such as `shift`
 ):
-    "Check the contract of `f`'s records on a batch, and return the record: a plain call equals drawing then applying the record (from the same seeds, draws made ahead dropped); applying it draws nothing; applying it again gives the same output"
+    "Check the contract of `f`'s records on a batch, and return the record: a plain call equals drawing then applying the record (from the same `torch.manual_seed`, draws made ahead dropped); applying it draws nothing; applying it again gives the same output"
     draw = draw_of(f)
     if draw is None: raise TypeError(f"{f!r} has no draw function: give it one with `drawing`")
     ahead = [v for v in (*getattr(f, 'keywords', {}).values(), *kwargs.values()) if isinstance(v, DrawAhead)]
     def seeded():
         "Seed the generators, and drop the draws made ahead, so that both calls draw alike"
-        random.seed(seed); torch.manual_seed(seed)
+        torch.manual_seed(seed)
         for d in ahead: d.reset()
     seeded(); m = f(xb, yb, **kwargs)
     seeded(); r = draw(xb, yb, **kwargs)
@@ -276,7 +279,8 @@ def check_record(
     m1 = f(xb, yb, params=r, **kwargs)
     after = _generators()
     if after[0] != state[0] or not torch.equal(after[1], state[1]): raise AssertionError(f"applying a record of {f!r} drew random numbers")
-    if not _same(m, m1): raise AssertionError(f"{f!r}: the plain call differs from drawing, then applying the record")
+    if not _same(m, m1): raise AssertionError(f"{f!r}: the plain call differs from drawing, then applying the record, from the same "
+                                              "`torch.manual_seed`: every draw must come from torch's generators, once, in the draw function")
     if not _same(f(xb, yb, params=r, **kwargs), m1): raise AssertionError(f"{f!r}: applying the record again gives another output")
     return r
 

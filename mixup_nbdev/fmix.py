@@ -13,7 +13,7 @@ from .core import _batch, _check_float, _const, _like, _mask_targets, _spatial_s
 from .draws import *
 from .draws import DRAW, _draw, _fits, _mixes, _record
 from .blend import *
-from .blend import _lerp_partner, _mask_paste, _paste_batch
+from .blend import _lerp_partner, _mask_paste, _paste_batch, _unmixed
 
 # %% auto #0
 __all__ = ['draw_fmix', 'FMixParams', 'fmix_batch', 'fourier_noise', 'fmix_mask']
@@ -76,7 +76,7 @@ def fmix_batch(
     if (soft or max_soft) and _mask_targets(ys, yps, size, mask_targets): raise ValueError(
         "FMix with max_soft > 0 blends the values along the mask's edge, and a segmentation mask's classes can't be blended: "
         "use max_soft=0 with mask targets (or `mask_targets=False` to mix them as labels)")
-    if not _mixes(shift): return Mixed(xs, ys, None, lam, 0)
+    if not _mixes(shift): return _unmixed(xs, ys, lam)
     _fits(tuple(take.shape[1:]) == size, 'draw_fmix')
     paste = _fmix_lerp(take, shift) if soft else _mask_paste(take.expand(bs, *size), shift)
     return _paste_batch(xs, ys, xps, yps, size, paste, lam, shift, y_int, mask_targets)

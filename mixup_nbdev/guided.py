@@ -14,7 +14,7 @@ from .core import _batch, _const, _plain, _spatial_size
 from .draws import *
 from .draws import DRAW, _draw, _fits, _mixes, _record
 from .blend import *
-from .blend import _mask_paste, _paste_batch
+from .blend import _mask_paste, _paste_batch, _unmixed
 from .cutmix import *
 
 # %% auto #0
@@ -111,7 +111,7 @@ def saliencymix_batch(
         x0, ys, size, alpha, per_sample, p, draws, pairing, saliency, shift)
     if params is DRAW: return r
     shift, lam, inside, _ = r
-    if not _mixes(shift): return Mixed(xs, ys, None, lam, 0)
+    if not _mixes(shift): return _unmixed(xs, ys, lam)
     _fits(tuple(inside.shape[1:]) == (len(size), max(size)), 'draw_saliencymix')
     return _paste_batch(xs, ys, xps, yps, size, _mask_paste(box_mask(inside, size), shift), lam, shift, y_int, mask_targets)
 

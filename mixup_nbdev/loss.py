@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from .core import _like, _plain, _tup
 
 # %% auto #0
-__all__ = ['reduce_loss', 'none_reduce', 'mix_loss']
+__all__ = ['reduce_loss', 'takes_reduction', 'none_reduce', 'mix_loss', 'smooth_targets']
 
 # %% ../nbs/02_loss.ipynb #fbfcfcdb
 def reduce_loss(
@@ -23,6 +23,15 @@ def reduce_loss(
     return loss.mean() if reduction == 'mean' else loss.sum() if reduction == 'sum' else loss
 
 # %% ../nbs/02_loss.ipynb #9e2ae504
+def takes_reduction(
+    loss_func # A loss: a function or module called as `loss_func(pred, *yb)`
+)->bool:
+    "Can `loss_func` give one loss per sample: has it a `reduction` attribute, or does it take a `reduction` argument?"
+    if hasattr(loss_func, 'reduction'): return True
+    try: ps = inspect.signature(loss_func).parameters.values()
+    except (TypeError, ValueError): return False
+    return any(p.name == 'reduction' or p.kind is p.VAR_KEYWORD for p in ps)
+
 class none_reduce:
     "Context manager giving `loss_func` with no reduction: it sets a `reduction` attribute, or passes `reduction='none'`"
     def __init__(self, loss_func): self.loss_func,self.old_red = loss_func,None
@@ -31,10 +40,7 @@ class none_reduce:
         if hasattr(lf, 'reduction'):
             self.old_red,lf.reduction = lf.reduction,'none'
             return lf
-        try: accepts = 'reduction' in inspect.signature(lf).parameters or any(
-            p.kind is p.VAR_KEYWORD for p in inspect.signature(lf).parameters.values())
-        except (TypeError, ValueError): accepts = False
-        if not accepts: raise TypeError(
+        if not takes_reduction(lf): raise TypeError(
             f"mixing losses needs one loss per sample, but `{getattr(lf, '__qualname__', None) or lf!r}` has no `reduction` attribute or argument. "
             "Give it a `reduction` argument ('none' must return per-sample losses), or drop `y_int` from it so the targets are mixed instead")
         return partial(lf, reduction='none')
@@ -82,26 +88,40 @@ def _flat_ce_pair(loss_func, pred, yb:tuple, yb1:tuple):
         return l if not eps else (1-eps)*l + (-lp.sum(-1)).masked_fill(y == ig, 0.)*(eps/lp.shape[-1])
     return ref, ce(y0), ce(y1)
 
+def _name(f)->str: return getattr(f, '__qualname__', None) or type(f).__name__
+
 def mix_loss(
     loss_func, # The original loss: `loss_func(pred, *yb)`
     pred:Tensor, # Model output for the mixed batch
     yb:Tensor|tuple, # Targets
     yb1:Tensor|tuple|None, # Partners' targets (None: the targets were mixed, use `loss_func` as it is)
-    lam:Tensor|float, # One weight per sample, or one for the batch
-    reduction:str|None=None # Defaults to `loss_func.reduction`, else 'mean'
+    lam:Tensor|float, # One weight per sample `(bs,)`, or one for the batch (a number or a 0-d tensor)
+    reduction:str|None=None # Defaults to `loss_func.reduction`, else 'mean'; 'none' for a loss that gives per-sample losses itself
 )->Tensor:
     "`lam*loss(pred, yb) + (1-lam)*loss(pred, yb1)` per sample (per element for per-pixel losses), reduced like `loss_func`"
     yb = _tup(yb)
     if yb1 is None: return loss_func(pred, *yb)
     yb1 = _tup(yb1)
+    if isinstance(lam, Tensor) and lam.ndim == 0 and lam.device.type == 'cpu': lam = lam.item()  # one λ for the batch
     red = reduction or getattr(loss_func, 'reduction', 'mean')
     ls = _flat_ce_pair(loss_func, pred, yb, yb1)
-    if ls is None:
+    if ls is None and takes_reduction(loss_func):
         with none_reduce(loss_func) as lf: l0,l1 = lf(pred, *yb),lf(pred, *yb1)
         # the arithmetic on plain tensors: each operation on a fastai tensor type costs a `__torch_function__` call
         ls = l0, _plain(l0), _plain(l1)
+    elif ls is None:  # a loss with no `reduction`: it gives per-sample losses itself, or reduces them
+        l0, l1 = loss_func(pred, *yb), loss_func(pred, *yb1)
+        if l0.ndim == 0:
+            if isinstance(lam, Tensor) and lam.ndim > 0: raise ValueError(
+                f"λ differs from sample to sample, so the mixed loss needs one loss per sample, but `{_name(loss_func)}` returned one number "
+                "for the batch and has no `reduction` attribute or argument to ask it for more. Pass a per-sample loss (PyTorch's losses with "
+                "reduction='none', e.g. `partial(F.cross_entropy, reduction='none')`, whose mixed losses `mix_loss` reduces with `reduction`), "
+                "or train on soft targets: `loss_func(pred, m.soft_targets(num_classes))`")
+            # one λ for the batch: the mean (or sum) of the mixed losses is the mix of the two means (or sums), exactly
+            return torch.lerp(l1, l0, lam)
+        ls, red = (l0, _plain(l0), _plain(l1)), reduction or 'none'
     ref, l0, l1 = ls
-    if isinstance(lam, Tensor) and lam.ndim == 0: lam = lam.item() if lam.device.type == 'cpu' else lam.expand(l0.shape[0])
+    if isinstance(lam, Tensor) and lam.ndim == 0: lam = lam.expand(l0.shape[0])
     if isinstance(lam, Tensor):
         bs = lam.shape[0]
         if l0.ndim == 0 or l0.numel() % bs:
@@ -115,3 +135,29 @@ def mix_loss(
     if w0 is None: return _like(reduce_loss(l, red), ref)
     # a weighted or ignoring 'mean' divides by the targets' total weight: mixed with the same λ as the losses
     return _like((l.sum() / mix(w0.view_as(l0), _loss_weights(loss_func, yb1[0]).view_as(l0)).sum()).to(l.dtype), ref)
+
+
+# %% ../nbs/02_loss.ipynb #6e1ef049
+def smooth_targets(
+    y:Tensor, # Class indices `(bs, *)`, or probabilities or multi-hot labels `(bs, num_classes, *)` (floats)
+    num_classes:int|None=None, # Number of classes: needed for class indices; checked against probabilities
+    label_smoothing:float=0., # ε: `(1-ε)*target + ε/num_classes`, or `(1-ε)*target + ε/2` for `multi_label`
+    multi_label:bool=False # The targets are independent labels (multi-hot), smoothed towards 0.5
+)->Tensor:
+    "`y` as label-smoothed probabilities `(bs, num_classes, *)`: one-hot rows for class indices, floats as they are, in float32 (or `y`'s float dtype)"
+    yp = _plain(y)
+    if not 0 <= label_smoothing <= 1: raise ValueError(f"`label_smoothing` must be in [0, 1], got {label_smoothing!r}")
+    if yp.ndim == 0: raise ValueError(f"soft targets need one target per sample, got a 0-d tensor {yp!r}")
+    if torch.is_floating_point(yp):
+        if yp.ndim < 2: raise ValueError(f"soft targets are for classification: float targets must be probabilities or multi-hot labels "
+                                         f"(bs, num_classes), got shape {tuple(yp.shape)}; regression targets have no classes to smooth")
+        if num_classes is not None and yp.shape[1] != num_classes: raise ValueError(
+            f"the targets have {yp.shape[1]} classes (bs, num_classes), and num_classes={num_classes}")
+        n = yp.shape[1]
+        return yp if not label_smoothing else yp*(1-label_smoothing) + label_smoothing*(.5 if multi_label else 1/n)
+    if multi_label: raise ValueError(f"multi_label targets are multi-hot floats (bs, num_classes), got {yp.dtype} class indices of shape {tuple(yp.shape)}")
+    if num_classes is None: raise ValueError(f"class indices {tuple(yp.shape)} need `num_classes` to become one-hot rows: pass num_classes=")
+    off = label_smoothing / num_classes
+    out = torch.full((yp.shape[0], num_classes, *yp.shape[1:]), off, device=yp.device)
+    return out.scatter_(1, yp.unsqueeze(1).long(), 1 - label_smoothing + off)
+

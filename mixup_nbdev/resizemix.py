@@ -14,7 +14,7 @@ from .core import _batch, _const, _like, _mask_targets, _spatial_size
 from .draws import *
 from .draws import DRAW, _draw, _fits, _mixes, _record
 from .blend import *
-from .blend import _paste_batch, _where_partner
+from .blend import _paste_batch, _unmixed, _where_partner
 from .cutmix import *
 from .cutmix import _cut, _sizes
 
@@ -67,7 +67,7 @@ def resizemix_batch(
     r = _record(params, ResizeMixParams, 'draw_resizemix', bs) or _draw_resizemix(x0, ys, size, alpha, scope, per_sample, p, draws, pairing, shift)
     if params is DRAW: return r
     shift, lam, cut, box, corner = r
-    if not _mixes(shift): return Mixed(xs, ys, None, lam, 0)
+    if not _mixes(shift): return _unmixed(xs, ys, lam)
     _fits(cut.shape[1] == len(size) if corner is not None else len(box) == len(size) and all(b.stop <= s for b, s in zip(box, size)), 'draw_resizemix')
     # masks keep their classes: resized with nearest, like integer inputs; float inputs (bi/tri)linearly
     masks = {id(yps[i]) for i in _mask_targets(ys, yps, size, mask_targets)}
