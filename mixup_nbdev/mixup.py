@@ -5,9 +5,12 @@
 # %% ../nbs/09_mixup.ipynb #33f88715
 from __future__ import annotations
 import inspect, operator
+from .core import needs_extra
+needs_extra('mixup_nbdev.mixup')
 from fastai.basics import *
 from torch.distributions import Beta
 from .core import _const, _is
+from .blend import _lam
 from .functional import *
 _all_ = ['reduce_loss']  # fastai's `__all__` has it: `from mixup_nbdev.mixup import *` gives what fastai's gives
 
@@ -143,7 +146,7 @@ class MixHandler(Callback):
         xb, yb = self.learn.xb, self.learn.yb
         self.params = r = draw_of(f)(xb, yb, **({} if shift is None else dict(shift=shift)))
         img, tg = f(xb, yb, params=r)
-        return Mixed((img,), tuple(tg), None, r.lam, r.shift)
+        return Mixed((img,), tuple(tg), None, _lam(r.lam), r.shift)
 
     def before_batch(self):
         "Mix the batch, unless mixing has stopped"

@@ -1,5 +1,6 @@
-"""The public API, as recorded in tools/api.json: every name in the `__all__` of `mixup_nbdev.functional`, `.mixup`,
-`.manifold`, `.guided_mixup`, `.data` and `.train` is still in it and importable from the same module, as the same kind of object.
+"""The public API, as recorded in tools/api.json: every name in the `__all__` of `mixup_nbdev.functional`,
+`.compat.timm`, `.compat.torchvision`, `.mixup`, `.manifold`, `.guided_mixup`, `.data` and `.train` is still in it and
+importable from the same module, as the same kind of object.
 
 Usage: python tools/test_api.py           check the package against tools/api.json (exit 1 on an incompatible change)
        python tools/test_api.py --write   record the current API in tools/api.json
@@ -16,7 +17,8 @@ import argparse, importlib, inspect, json, re, sys, warnings
 from pathlib import Path
 
 API = Path(__file__).with_name('api.json')
-MODULES = ('mixup_nbdev.functional', 'mixup_nbdev.mixup', 'mixup_nbdev.manifold', 'mixup_nbdev.guided_mixup', 'mixup_nbdev.data', 'mixup_nbdev.train')
+MODULES = ('mixup_nbdev.functional', 'mixup_nbdev.compat.timm', 'mixup_nbdev.compat.torchvision', 'mixup_nbdev.mixup',
+           'mixup_nbdev.manifold', 'mixup_nbdev.guided_mixup', 'mixup_nbdev.data', 'mixup_nbdev.train')
 VAR = ('VAR_POSITIONAL', 'VAR_KEYWORD')
 
 def params(o):
