@@ -107,10 +107,10 @@ class Mixed(NamedTuple):
     )->Tensor:
         "Each sample's soft target `(bs, num_classes, *)` from the first targets: its own and its partner's, label-smoothed, weighted λ and 1-λ"
         if not self.yb: raise ValueError("the batch has no targets to make soft targets of: pass them to the mixing function, `f(xb, yb)`")
-        s = smooth_targets(self.yb[0], num_classes, label_smoothing, multi_label)
-        if self.yb1 is None: return s  # targets mixed already (or pasted masks, or unmixed): smoothing is linear, so it commutes
-        s1 = smooth_targets(self.yb1[0], num_classes, label_smoothing, multi_label)
-        return torch.lerp(s1, s, _bcast(self.lam, s))
+        # targets mixed already (or pasted masks, or unmixed): smoothing is linear, so it commutes
+        if self.yb1 is None: return smooth_targets(self.yb[0], num_classes, label_smoothing, multi_label)
+        lam = self.lam.item() if self.lam.ndim == 0 and self.lam.device.type == 'cpu' else self.lam
+        return mixed_soft_targets((self.yb[0], self.yb1[0]), (lam, 1-lam), num_classes, label_smoothing, multi_label)
 
 
 # %% ../nbs/03_blend.ipynb #aaaf74de

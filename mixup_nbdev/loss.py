@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from .core import _like, _plain, _tup
 
 # %% auto #0
-__all__ = ['reduce_loss', 'takes_reduction', 'none_reduce', 'mix_loss', 'smooth_targets']
+__all__ = ['reduce_loss', 'takes_reduction', 'none_reduce', 'mix_loss', 'smooth_targets', 'mixed_soft_targets']
 
 # %% ../nbs/02_loss.ipynb #fbfcfcdb
 def reduce_loss(
@@ -42,7 +42,7 @@ class none_reduce:
             return lf
         if not takes_reduction(lf): raise TypeError(
             f"mixing losses needs one loss per sample, but `{getattr(lf, '__qualname__', None) or lf!r}` has no `reduction` attribute or argument. "
-            "Give it a `reduction` argument ('none' must return per-sample losses), or drop `y_int` from it so the targets are mixed instead")
+            "Give it a `reduction` argument ('none' must return per-sample losses), or, in fastai, drop `y_int` from it so the targets are mixed instead")
         return partial(lf, reduction='none')
     def __exit__(self, *args):
         if self.old_red is not None: self.loss_func.reduction = self.old_red
@@ -156,8 +156,32 @@ def smooth_targets(
         n = yp.shape[1]
         return yp if not label_smoothing else yp*(1-label_smoothing) + label_smoothing*(.5 if multi_label else 1/n)
     if multi_label: raise ValueError(f"multi_label targets are multi-hot floats (bs, num_classes), got {yp.dtype} class indices of shape {tuple(yp.shape)}")
-    if num_classes is None: raise ValueError(f"class indices {tuple(yp.shape)} need `num_classes` to become one-hot rows: pass num_classes=")
-    off = label_smoothing / num_classes
-    out = torch.full((yp.shape[0], num_classes, *yp.shape[1:]), off, device=yp.device)
-    return out.scatter_(1, yp.unsqueeze(1).long(), 1 - label_smoothing + off)
+    return mixed_soft_targets((yp,), (1.,), num_classes, label_smoothing)
+
+def _weight(w, t:Tensor)->Tensor:
+    "A source's weight, a number or one per sample, as a tensor shaped like `t` `(bs, 1, *)`"
+    if not isinstance(w, Tensor) or w.ndim == 0: return torch.full(t.shape, float(w), device=t.device)
+    return w.to(t.device, torch.float32).view(-1, *[1]*(t.ndim-1)).expand(t.shape)
+
+def mixed_soft_targets(
+    ys:tuple, # Each source's targets: class indices `(bs, *)`, or probabilities or multi-hot labels `(bs, num_classes, *)`
+    weights:tuple, # Each source's weight: one per sample `(bs,)`, or a number for the batch; for each sample they sum to 1
+    num_classes:int|None=None, # Number of classes: needed for class indices
+    label_smoothing:float=0., # ε of each source's target, as `smooth_targets`
+    multi_label:bool=False # Multi-hot targets, smoothed towards 0.5
+)->Tensor:
+    "The soft targets of samples mixed from several sources: `Σ_k weights[k] * smooth_targets(ys[k])`"
+    yps = [_plain(y) for y in ys]
+    if any(torch.is_floating_point(y) for y in yps) or multi_label:
+        ss = [smooth_targets(y, num_classes, label_smoothing, multi_label) for y in yps]
+        return sum(s * _weight(w, s[:, :1]) for s, w in zip(ss, weights))
+    y0 = yps[0]
+    if y0.ndim == 0: raise ValueError(f"soft targets need one target per sample, got a 0-d tensor {y0!r}")
+    if num_classes is None: raise ValueError(f"class indices {tuple(y0.shape)} need `num_classes` to become one-hot rows: pass num_classes=")
+    # ε/num_classes for every class, then each source's share of the rest at its class: one pass, whatever the number of sources
+    out = torch.full((y0.shape[0], num_classes, *y0.shape[1:]), label_smoothing / num_classes, device=y0.device)
+    for y, w in zip(yps, weights):
+        idx = y.unsqueeze(1).long()
+        out.scatter_add_(1, idx, _weight(w, idx) * (1 - label_smoothing))
+    return out
 
