@@ -284,11 +284,15 @@ def cutmixup_batch(
     _fits(tuple(inside.shape[1:]) == (len(size), max(size)), 'draw_cutmixup')
     box = box_mask(inside, size) & cut.view(bs, *[1]*len(size))  # only cut samples take a box
     w = torch.where(cut, 1., lam_mix)  # a blended sample keeps λ of itself, a cut one all of itself outside its box
+    own = None
     def mix(t, tp, blend=True):
-        "Blend the blended samples, then copy the cut samples' boxes (values in a box are copied, never interpolated)"
+        "Blend the blended samples and copy the cut samples' boxes, in one pass: each element's weight of its own value is 0 in a box"
+        nonlocal own
         if _spatial(tp, bs, size):
-            base = _lerp_partner(tp, _bcast(w, tp), shift) if blend and torch.is_floating_point(tp) else tp
-            return _like(_where_partner(tp, box, shift, base), t)
+            if not (blend and torch.is_floating_point(tp)): return _like(_where_partner(tp, box, shift, tp), t)
+            # a weight of 0 copies the partner's value exactly (`lerp`'s rule), so a box is copied, never interpolated
+            if own is None: own = torch.where(box, 0., w.view(bs, *[1]*len(size)))
+            return _like(_lerp_partner(tp, own.view(bs, *[1]*(tp.ndim-1-len(size)), *size).to(tp.dtype), shift), t)
         return _mix_plain(t, tp, w, shift) if blend and _blendable(tp, bs) else t
     masks = _mask_targets(ys, yps, size, mask_targets)
     ys0, ys1 = [], []

@@ -159,9 +159,11 @@ def smooth_targets(
     return mixed_soft_targets((yp,), (1.,), num_classes, label_smoothing)
 
 def _weight(w, t:Tensor)->Tensor:
-    "A source's weight, a number or one per sample, as a tensor shaped like `t` `(bs, 1, *)`"
+    "A source's weight, a number or one per sample, as a float32 tensor shaped like `t` `(bs, 1, *)`"
     if not isinstance(w, Tensor) or w.ndim == 0: return torch.full(t.shape, float(w), device=t.device)
-    return w.to(t.device, torch.float32).view(-1, *[1]*(t.ndim-1)).expand(t.shape)
+    w = w.view(-1, *[1]*(t.ndim-1))
+    if w.dtype != torch.float32: w = w.float()
+    return w if w.shape == t.shape else w.expand(t.shape)
 
 def mixed_soft_targets(
     ys:tuple, # Each source's targets: class indices `(bs, *)`, or probabilities or multi-hot labels `(bs, num_classes, *)`
@@ -181,7 +183,8 @@ def mixed_soft_targets(
     # ε/num_classes for every class, then each source's share of the rest at its class: one pass, whatever the number of sources
     out = torch.full((y0.shape[0], num_classes, *y0.shape[1:]), label_smoothing / num_classes, device=y0.device)
     for y, w in zip(yps, weights):
-        idx = y.unsqueeze(1).long()
-        out.scatter_add_(1, idx, _weight(w, idx) * (1 - label_smoothing))
+        idx = y.unsqueeze(1)
+        if idx.dtype != torch.int64: idx = idx.long()
+        out.scatter_add_(1, idx, _weight(w * (1 - label_smoothing) if label_smoothing else w, idx))
     return out
 
