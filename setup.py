@@ -1,4 +1,5 @@
 from packaging.version import parse
+from packaging.requirements import Requirement
 from configparser import ConfigParser
 import setuptools, shlex
 assert parse(setuptools.__version__)>=parse('36.2')
@@ -26,9 +27,14 @@ if cfg.get('pip_requirements'): requirements += shlex.split(cfg.get('pip_require
 min_python = cfg['min_python']
 lic = licenses.get(cfg['license'].lower(), (cfg['license'], None))
 extra = lambda k: shlex.split(cfg.get(k, ''))
-examples_requirements, test_requirements = extra('examples_requirements'), extra('test_requirements')
+# the core needs torch and numpy alone (`requirements`); the fastai layer and the example datasets are extras
+fastai_requirements, examples_requirements = extra('fastai_requirements'), extra('examples_requirements')
+all_requirements = fastai_requirements + examples_requirements
+# the tests need both extras too; a test requirement that an extra already names (fastcore, matplotlib) comes once, with its bound
+test_requirements = all_requirements + [r for r in extra('test_requirements')
+                                        if Requirement(r).name not in {Requirement(a).name for a in all_requirements}]
 # the exact versions of the development toolchain are in tools/constraints.txt, never here
-dev_requirements = extra('dev_requirements') + test_requirements + examples_requirements
+dev_requirements = extra('dev_requirements') + test_requirements
 
 package_data = dict()
 pkg_data = cfg.get('package_data', None)
@@ -47,8 +53,8 @@ setuptools.setup(
     packages = setuptools.find_packages(include=[cfg['lib_name'], cfg['lib_name']+'.*']),
     include_package_data = True,
     install_requires = requirements,
-    extras_require={'examples': examples_requirements, 'test': test_requirements + examples_requirements,
-                    'dev': dev_requirements},
+    extras_require={'fastai': fastai_requirements, 'examples': examples_requirements, 'all': all_requirements,
+                    'test': test_requirements, 'dev': dev_requirements},
     dependency_links = cfg.get('dep_links','').split(),
     python_requires  = '>=' + cfg['min_python'],
     long_description = open('README.md', encoding='utf-8').read(),

@@ -6,6 +6,8 @@
 from __future__ import annotations
 import importlib
 import numpy as np
+from .core import needs_extra
+needs_extra('mixup_nbdev.data')
 from fastai.vision.all import *
 
 # %% auto #0

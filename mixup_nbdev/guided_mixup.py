@@ -6,6 +6,8 @@
 from __future__ import annotations
 import torch
 from torch import Tensor, nn
+from .core import needs_extra
+needs_extra('mixup_nbdev.guided_mixup')
 from fastai.basics import *
 from .functional import *
 from .core import _like, _plain

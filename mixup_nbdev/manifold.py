@@ -7,6 +7,8 @@ from __future__ import annotations
 from typing import NamedTuple
 import torch
 from torch import Tensor, nn
+from .core import needs_extra
+needs_extra('mixup_nbdev.manifold')
 from fastai.basics import *
 from .functional import *
 from .mixup import MixHandler

@@ -5,6 +5,8 @@
 # %% ../nbs/12_train.ipynb #53d02e29
 from __future__ import annotations
 import importlib, sys
+from .core import needs_extra
+needs_extra('mixup_nbdev.train')
 from fastai.vision.all import *
 from fastcore.script import call_parse
 from .mixup import *

@@ -1,6 +1,6 @@
 """Run every notebook's code cells, tests included, in a user's environment: the installed package, no nbdev.
 
-Usage: python tools/run_notebooks.py [NOTEBOOK ...] [--workers 2] [--timeout 900]
+Usage: python tools/run_notebooks.py [NOTEBOOK ...] [--layer torch|fastai] [--workers 2] [--timeout 900]
 
 Run by tools/test_user_env.py with the python of a venv that holds the wheel and the test-only dependencies
 (settings.ini `test_requirements`: hypothesis, timm, ipykernel, nbclient, ...) but not nbdev, which needs fastcore < 2.
@@ -12,6 +12,12 @@ What needs the nbdev toolchain is left out, and listed with the reason:
 - a cell that uses a name that only a left-out statement defined (say `get_config` from `nbdev.config`), and so on;
 - as in `nbdev_test`: cells marked `#| eval: false`, cells with a flag of settings.ini `tst_flags` (`#| slow`), and
   notebooks whose front matter says `skip_exec: true`.
+With --layer, only one layer's notebooks run, found from the imports of their code cells (`ast`), and the others are
+listed with the reason:
+- fastai: the notebooks that import fastai (or another package that only the `fastai` extra brings, `FASTAI_ONLY`), or
+  a module of ours that does (`fastai_modules`: mixup_nbdev.mixup, .manifold, .guided_mixup, .data, .train);
+- torch: all the others, which must run where the package was installed without its `fastai` extra (fastcore and
+  matplotlib are there, as test requirements).
 Exits 1 if a notebook fails; ends with "notebooks: N passed, N failed".
 """
 import argparse, ast, configparser, json, os, re, sys, time
@@ -20,6 +26,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEV_ONLY = ('nbdev', 'execnb', 'mixup_nbdev_docs')  # modules of the development toolchain
+# what only the `fastai` extra brings: fastai, and dependencies of it that nothing else installed for the tests brings
+# (fastcore, matplotlib and scikit-learn are test requirements too, so the torch layer's notebooks may use them)
+FASTAI_ONLY = ('fastai', 'fasttransform', 'fastprogress', 'pandas', 'spacy')
 STUBS = {'show_doc'}  # names a left-out import would define that the stand-in cell defines instead
 STUB_CELL = '''import os, mixup_nbdev
 os.environ['IN_TEST'] = '1'  # as nbdev_test sets it
@@ -39,6 +48,51 @@ def notebooks():
     "The notebooks `nbdev_test` runs: those under nbs_path, skipping names and folders that start with `_` or `.`"
     nbs = ROOT / settings().get('nbs_path', 'nbs')
     return sorted(p for p in nbs.rglob('*.ipynb') if not any(part.startswith(('_', '.')) for part in p.relative_to(nbs).parts))
+
+
+def imports(tree, package=None)->set:
+    "The modules that the code `tree` imports anywhere (in functions too); relative imports resolved against `package`"
+    out = set()
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Import): out |= {a.name for a in n.names}
+        elif isinstance(n, ast.ImportFrom):
+            if n.level:
+                if package is None: continue
+                parts = package.split('.')
+                mod = '.'.join(parts[:len(parts) - n.level + 1] + ([n.module] if n.module else []))
+            else: mod = n.module
+            out |= {mod} | {f'{mod}.{a.name}' for a in n.names if a.name != '*'}  # `from pkg import module` too
+    return out
+
+
+def fastai_modules()->dict:
+    "The library's modules that need the `fastai` extra, as {module: what of it they import}, read from their sources here"
+    lib = ROOT / settings()['lib_path']
+    mods = {}
+    for f in sorted(lib.rglob('*.py')):
+        parts = f.relative_to(lib.parent).with_suffix('').parts
+        name, package = '.'.join(parts[:-1] if parts[-1] == '__init__' else parts), '.'.join(parts[:-1])
+        mods[name] = imports(ast.parse(f.read_text(encoding='utf-8')), package)
+    found, grew = {}, True
+    while grew:  # a module that imports a module of the fastai layer is in it too
+        grew = False
+        for name, imp in mods.items():
+            why = next((m for m in sorted(imp) if m.split('.')[0] in FASTAI_ONLY or m in found), None)
+            if why and name not in found: found[name] = why; grew = True
+    return found
+
+
+def layer(nb_path, ours:dict)->tuple:
+    "('fastai', why) if the notebook's code imports what needs the `fastai` extra (`ours`: `fastai_modules()`), else ('torch', '')"
+    nb = json.loads(Path(nb_path).read_text())
+    for i, c in enumerate(nb['cells']):
+        if c['cell_type'] != 'code': continue
+        code = '\n'.join('pass' if l.lstrip().startswith(('%', '!')) else l for l in ''.join(c['source']).splitlines())
+        try: imp = imports(ast.parse(code))
+        except SyntaxError: continue
+        why = next((m for m in sorted(imp) if m.split('.')[0] in FASTAI_ONLY), None) or next((m for m in sorted(imp) if m in ours), None)
+        if why: return 'fastai', f"cell {i} imports {why}" + (f", which imports {ours[why]}" if why in ours else '')
+    return 'torch', ''
 
 
 def directives(src):
@@ -136,6 +190,7 @@ def run(nb_path, timeout):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('notebooks', nargs='*', help='notebooks to run (default: all, as nbdev_test finds them)')
+    ap.add_argument('--layer', choices=['torch', 'fastai'], help="only the notebooks that need no fastai ('torch') or those that do ('fastai')")
     ap.add_argument('--workers', type=int, default=2, help='notebooks run at once')
     ap.add_argument('--timeout', type=int, default=900, help='seconds one cell may take')
     a = ap.parse_args()
@@ -145,6 +200,16 @@ def main():
         sys.exit(f"{m} is installed in this environment ({sys.prefix}): this runner checks the notebooks without the "
                  f"development toolchain; run it with the python of a venv made by tools/test_user_env.py")
     nbs = [Path(p).resolve() for p in a.notebooks] or notebooks()
+    if a.layer:
+        ours = fastai_modules()
+        layers = {p: layer(p, ours) for p in nbs}
+        left = [p for p in nbs if layers[p][0] != a.layer]
+        nbs = [p for p in nbs if layers[p][0] == a.layer]
+        print(f"the {a.layer} layer: {len(nbs)} notebooks; left out {len(left)}, " +
+              ("which import what needs the fastai extra (run them with --layer fastai):" if a.layer == 'torch' else
+               "which need no fastai (run them with --layer torch):") + (f" {', '.join(p.name for p in left)}" if a.layer == 'fastai' else ''), flush=True)
+        if a.layer == 'torch':
+            for p in left: print(f"    {p.relative_to(ROOT)}: {layers[p][1]}")
     os.environ.setdefault('OMP_NUM_THREADS', '1')  # notebooks run side by side on few cores
     os.environ.setdefault('MPLBACKEND', 'Agg')
     failed, t0 = [], time.time()

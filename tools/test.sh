@@ -50,8 +50,8 @@ check "bench: the detection benchmark runs, on tiny sizes (bench/bench_detection
 check "distributed: 2 CPU ranks under torchrun, mixing, failures (tools/test_ddp.py)" python tools/test_ddp.py
 # the package as users install it (tools/test_user_env.py): the wheel, then fresh venvs with no nbdev
 check "user env: sdist and wheel build, twine check passes" python tools/test_user_env.py build
-check "user env: newest fastai/fastcore/torch/torchvision kept by pip install of the wheel; imports, notebooks, CLI" python tools/test_user_env.py newest
-check "user env: the lower bounds of settings.ini requirements; imports, notebooks, CLI" python tools/test_user_env.py oldest
+check "user env: newest fastai/fastcore/torch/torchvision kept by pip install of the wheel[fastai]; imports, the fastai layer's notebooks, CLI" python tools/test_user_env.py newest
+check "user env: the lower bounds: the core with torch and numpy alone, then the fastai extra; imports, both layers' notebooks, CLI" python tools/test_user_env.py oldest
 
 echo "test suite: $((SECONDS-t_all))s"
 echo "tests: $passed passed, $failed failed"
