@@ -8,7 +8,9 @@ Run from the repository root on a machine with a GPU, with fastai, timm and torc
     python bench/bench_gpu.py --out /tmp/gpu.json  # elsewhere
     python bench/bench_gpu.py --smoke              # without a GPU: the checks' code runs on the CPU (tools/test.sh)
 
-1. Syncs: each of our functions and callbacks, and two training loops (a plain PyTorch loop, and fastai's `fit` with
+1. Syncs: each of our functions and callbacks, the drop-ins for timm and torchvision (`mixup_nbdev.compat`: timm's
+   `Mixup` in every mode, torchvision's `MixUp` and `CutMix` per batch and per sample, in a plain loop with their soft
+   targets), and two training loops (a plain PyTorch loop, and fastai's `fit` with
    each callback), run under `torch.cuda.set_sync_debug_mode('error')`, which turns anything that would make the host
    wait for the device (`.item()`, a copy from pageable host memory, `nonzero`...) into an error. In `fit`, the mode is
    on from the start of `before_batch` to the end of `after_loss` (our callbacks' whole per-batch work, the model's
@@ -89,6 +91,31 @@ def sync_checks(dev, shapes=SHAPES):
             loss = regmixup_loss(F.cross_entropy, model(torch.cat([xb, m.xb[0]])), (yb,), m)
             opt.zero_grad(); loss.backward(); opt.step()
     check('plain loop, regmixup_loss', regmixup_loop)
+    # the drop-ins in a plain loop with soft targets, every batch under the mode, the first one included: timm's `Mixup`
+    # in each mode with MixUp, CutMix, the switch and CutMix's `cutmix_minmax`, on even and odd batches; torchvision's
+    # `MixUp` and `CutMix`, per batch and per sample (`FastCollateMixup` mixes on the host, in the loader: not here)
+    from mixup_nbdev.compat import timm as compat_timm, torchvision as compat_tv
+    def soft_loop(mix, bs=64, batches=3):
+        torch.manual_seed(0); random.seed(0)
+        model = small_cnn(3).to(dev)
+        opt = torch.optim.SGD(model.parameters(), lr=.1)
+        def loop():
+            for i in range(0, batches*bs, bs):
+                xm, t = mix(x[i:i+bs], y[i:i+bs])
+                loss = torch.sum(-t * F.log_softmax(model(xm), -1), -1).mean()
+                opt.zero_grad(); loss.backward(); opt.step()
+        return loop
+    for mode in compat_timm.Mixup.modes:
+        for method, kw in (('MixUp', {}), ('CutMix', dict(mixup_alpha=0., cutmix_alpha=1.)),
+                           ('MixUp or CutMix', dict(cutmix_alpha=1.)),
+                           ('CutMix minmax', dict(mixup_alpha=0., cutmix_minmax=(.2, .8)))):
+            for bs in (64, 63):
+                check(f'plain loop, compat.timm.Mixup {mode}, {method}, batches of {bs}',
+                      soft_loop(compat_timm.Mixup(num_classes=10, mode=mode, **kw), bs))
+    for T in (compat_tv.MixUp, compat_tv.CutMix):
+        for per_sample in (False, True):
+            check(f'plain loop, compat.torchvision.{T.__name__}' + ('(per_sample=True)' if per_sample else ''),
+                  soft_loop(T(num_classes=10, per_sample=per_sample)))
     # the detection functions on padded targets, every batch under the mode
     from functools import partial
     from mixup_nbdev.functional import Boxes, pad_targets, mixup_detection, cutmix_detection, mosaic_detection, copy_paste_detection
@@ -187,7 +214,8 @@ def main():
         res = sync_checks('cpu', SMOKE_SHAPES)
         bad = {k: v for k, v in res.items() if v != 'ok'}
         print(f"smoke run: {len(res)} checks ran on the CPU" + (f", {len(bad)} failed: {bad}" if bad else ", all without error"))
-        sys.exit(1 if bad or len(res) < 20 else 0)
+        dropins = sum(k.startswith('plain loop, compat.') for k in res)  # 3 modes × 4 settings × 2 batch sizes, and 4
+        sys.exit(1 if bad or len(res) < 20 or dropins != 28 else 0)
     if not torch.cuda.is_available(): sys.exit('no CUDA GPU here: this benchmark needs one (--smoke runs its checks on the CPU)')
     import fastai, timm, torchvision
     started = time.strftime('%Y-%m-%d %H:%M:%S %Z')

@@ -32,6 +32,17 @@ MixChoice (`where` with a mask); at most 1.6 (MixUp), 1.0 (CutMix), 2.5 (per-sam
 (ResizeMix, one box and per sample), 3.0 (per-sample MixChoice) times `x.clone()`; and every row of ours at least as
 good as the best peer's. At 256×3×32×32, for MixUp, CutMix and per-sample CutMix: at most 1.1× the best peer's time
 and 0.5× fastai's.
+
+The drop-ins (`mixup_nbdev.compat`) have groups of their own ('drop-in ...'), each row against the library it replaces
+with the same settings: `compat.timm.Mixup` with timm's defaults but `num_classes` (MixUp alone, CutMix alone, and the
+switch between them), in modes 'batch' and 'elem', against timm's `Mixup`, and per batch against our functional row
+(the `mixup_batch`, `cutmix_batch` or `cutmixup_batch` call that draws its record and applies it to a new batch, then
+`Mixed.soft_targets`); `compat.torchvision.MixUp` and `CutMix`, per batch and per sample, against torchvision's. timm's
+`Mixup` mixes its input in place: in the timm groups every row mixes its own copy of the batch, made before each call
+outside the timed region. The rows that switch between MixUp and CutMix per batch cost one or the other; their figure
+is the mean of each method's median (`figure`). Targets (`DROPIN_TARGETS`), at both sizes: timm's per batch within
+1.05× our functional row and at most 0.6× timm's; per sample no slower than timm's at 224² and at most 0.2× at 32²;
+torchvision's at most 0.6× torchvision's.
 """
 import argparse, ctypes, ctypes.util, json, os, platform, random, subprocess, sys, time, gc
 from pathlib import Path
@@ -106,9 +117,11 @@ def syncs_per_batch(f):
 class Cand:
     """One way of mixing a batch: `call()` mixes and returns the result; `reset()` (untimed) restores the state after it;
     `draws`, if any, is the `DrawAhead` it takes λ and boxes from; `target`: the speed targets apply to it (ours, drawing
-    as the callbacks do)"""
-    def __init__(self, name, group, lib, call, reset=None, lam=None, draws=None, target=None):
+    as the callbacks do); `kind`, for a row that picks one of two methods per batch: `kind(result)` (untimed) says which
+    one it ran, and its figure is the mean of each method's median (see `figure`)"""
+    def __init__(self, name, group, lib, call, reset=None, lam=None, draws=None, target=None, kind=None):
         self.name, self.group, self.lib, self.call, self.reset, self.lam = name, group, lib, call, reset or (lambda: None), lam
+        self.kind = kind
         self.target = lib == 'ours' if target is None else target
         self.draws, self.draw_s, self.timing = draws, 0., False
         if draws is not None:  # time each block of draws, during the timed rounds
@@ -159,6 +172,57 @@ def patched(mod, name, value, f):
     return call
 
 TRICK_GROUPS = ('trick: _rotate_rows', 'trick: _sample_dirichlet', 'trick: _blend_choice')
+
+# The drop-ins (`mixup_nbdev.compat`): timm's `Mixup` with timm's defaults but `num_classes` (MixUp alone; the switch
+# between MixUp and CutMix; CutMix alone), and torchvision's `v2.MixUp` and `v2.CutMix` as in the `v2` rows
+DROPIN_TIMM = {'drop-in timm: MixUp': {}, 'drop-in timm: CutMix': dict(mixup_alpha=0., cutmix_alpha=1.),
+               'drop-in timm: MixUp or CutMix': dict(cutmix_alpha=1.)}
+DROPIN_TV = ('drop-in torchvision: MixUp', 'drop-in torchvision: CutMix')
+# our functional row of each timm group: the closest row of the method above (`mixup_batch`, drawing for this batch;
+# `cutmix_batch` and `cutmixup_batch` returning a new batch, as the drop-in does), with timm's alpha, plus soft targets
+FUNCTIONAL = {'drop-in timm: MixUp': 'mixup_batch(alpha=1) + soft_targets',
+              'drop-in timm: CutMix': 'cutmix_batch (new batch) + soft_targets',
+              'drop-in timm: MixUp or CutMix': 'cutmixup_batch(1, 1) + soft_targets'}
+
+def which_method(src):
+    "`kind` of a row that switches per batch: 'CutMix' if its first sample kept a value of `src` (the batch it mixed)"
+    return lambda res: 'CutMix' if bool((res[0][0] == src[0]).any()) else 'MixUp'
+
+def dropins(x, y, nc, tv_mixup, tv_cutmix):
+    """The drop-ins' rows: per timm group, our functional row, `compat.timm.Mixup` and timm's `Mixup` in modes 'batch'
+    and 'elem'; per torchvision group, `compat.torchvision`'s transform per batch and per sample, and torchvision's.
+    timm's `Mixup` mixes its input in place: in the timm groups every row mixes its own copy of the batch, which `reset`
+    makes again before each call (untimed), so each call gets an unmixed batch, and none pays for the copy"""
+    import torch
+    from timm.data import Mixup as TimmMixup
+    from mixup_nbdev.functional import mixup_batch, cutmix_batch, cutmixup_batch
+    from mixup_nbdev.compat import timm as compat_timm, torchvision as compat_tv
+    def fresh(f, switch=False):
+        "A row that mixes `buf`, a copy of `x` made again by `reset`"
+        buf = torch.empty_like(x)
+        return dict(call=lambda: f(buf), reset=lambda: buf.copy_(x), kind=which_method(x) if switch else None)
+    def soft(m): return m.xb[0], m.soft_targets(nc, .1)
+    functional = {'drop-in timm: MixUp': lambda b: soft(mixup_batch(b, y, 1.)),
+                  'drop-in timm: CutMix': lambda b: soft(cutmix_batch(b, y, 1.)),
+                  'drop-in timm: MixUp or CutMix': lambda b: soft(cutmixup_batch(b, y, 1., 1.))}
+    cands = []
+    for g, kw in DROPIN_TIMM.items():
+        switch = len(kw) == 1
+        cands += [Cand(FUNCTIONAL[g], g, 'ours', target=False, **fresh(functional[g], switch))]
+        for mode in ('batch', 'elem'):
+            ours = compat_timm.Mixup(num_classes=nc, mode=mode, **kw)
+            theirs = TimmMixup(num_classes=nc, mode=mode, **kw)
+            sw = switch and mode == 'batch'
+            cands += [Cand(f"compat.timm.Mixup {mode}", g, 'ours', target=False,
+                           **fresh(lambda b, m=ours: m(b, y), sw)),
+                      Cand(f"Mixup {mode} (in place)", g, 'timm', **fresh(lambda b, m=theirs: m(b, y), sw))]
+    for g, T, tv in zip(DROPIN_TV, (compat_tv.MixUp, compat_tv.CutMix), (tv_mixup, tv_cutmix)):
+        for per_sample in (False, True):
+            t = T(alpha=tv.alpha, num_classes=nc, per_sample=per_sample)
+            name = f"compat.torchvision.{T.__name__}" + (' per_sample' if per_sample else '')
+            cands.append(Cand(name, g, 'ours', lambda t=t: t(x, y), target=False))
+        cands.append(Cand(f"v2.{T.__name__}", g, 'torchvision', lambda tv=tv: tv(x, y)))
+    return cands
 
 def candidates(shape, device='cpu'):
     "Every candidate, on a batch of `shape`: references, then MixUp, one-box CutMix and per-sample CutMix, then each trick and its plain version"
@@ -245,6 +309,7 @@ def candidates(shape, device='cpu'):
         Cand('mixchoice_batch(MixUp, CutMix) per_sample, draws', MC, 'ours', lambda: mixchoice_batch(x, y, mc_fs, per_sample=True)),
         Cand('MixChoice(MixUp, CutMix, per_sample=True) callback', MC, 'ours', **on_learner(MixChoice(MixUp(.4), CutMix(1.), per_sample=True), False)),
     ]
+    cands += dropins(x, y, nc, tv_mixup, tv_cutmix)
     # the tricks, each against its plain version, on the path it is on (a trick the library drops must leave this list too)
     cands += [
         Cand('cutmix_batch (in place), _rotate_rows', TR, 'trick', lam=lambda: last['lam'], **via('_rotate_rows', rotate, lambda: keep(cutmix_batch(x, y, 1., inplace=True)))),
@@ -271,6 +336,7 @@ def time_all(cands, x, rounds, warmup=3):
     "Seconds per call of each candidate, interleaved in a new random order every round, sorted"
     x0 = x.clone()
     times = {id(c): [] for c in cands}
+    for c in cands: c.by_kind = {}
     order = list(cands)
     shuffle = random.Random(0).shuffle
     gc.disable()
@@ -283,6 +349,7 @@ def time_all(cands, x, rounds, warmup=3):
                 # the same seed for all in a round: the same λ, shift and box sizes, where libraries draw alike
                 seed(r); c.reset()
                 t0 = time.perf_counter(); res = c.call(); t1 = time.perf_counter()
+                if c.kind and r >= warmup: c.by_kind.setdefault(c.kind(res), []).append(t1 - t0)  # which method it ran
                 del res; c.reset()
                 if r >= warmup: times[id(c)].append(t1 - t0)
             gc.collect()
@@ -293,13 +360,24 @@ def time_all(cands, x, rounds, warmup=3):
 
 def quantile(ts, q): return ts[min(len(ts)-1, int(q*len(ts)))]
 
+def figure(c, ts, least=5):
+    """Seconds per call of `c` from its sorted times `ts`: their median; for a row that picks one of two methods per
+    batch with chance 1/2 (`kind`), the mean of each method's median, what it costs on average: the median of the two
+    methods' mixture would land on either (with fewer than `least` rounds of a method: the median)"""
+    ks = getattr(c, 'by_kind', None) or {}
+    if len(ks) < 2 or min(map(len, ks.values())) < least: return ts[len(ts)//2]
+    return sum(quantile(sorted(v), .5) for v in ks.values()) / len(ks)
+
 def peak_memory(c, calls=5):
-    "Peak bytes allocated and not yet freed during each of `calls` calls, the result included, by torch's memory profiler; with λ"
+    """Peak bytes allocated and not yet freed during each of `calls` calls, the result included, by torch's memory
+    profiler; with λ. Call `i` is seeded with `i`, as in `time_all`: candidates that draw alike (a trick and its plain
+    version) are measured on the same boxes and partners"""
     from torch.profiler import profile, ProfilerActivity
     out = []
     if c.draws is not None: c.draws.reset()  # a fresh block of draws now, so that none is drawn in the calls measured
-    for _ in range(calls):
+    for i in range(calls):
         c.reset(); c.call(); c.reset()  # warm-up: caches built on the first call are not per-batch memory
+        seed(i); c.reset()
         with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
             res = c.call()
         cur = peak = 0
@@ -341,7 +419,7 @@ def library_version():
     try: commit = stamp.read_text().strip() if stamp.exists() else subprocess.run(
         ['git', 'rev-parse', '--short', 'HEAD'], cwd=pkg, capture_output=True, text=True).stdout.strip()
     except OSError: commit = ''
-    src = hashlib.sha1(b''.join(p.read_bytes() for p in sorted(pkg.glob('*.py')))).hexdigest()[:12]
+    src = hashlib.sha1(b''.join(p.read_bytes() for p in sorted(pkg.rglob('*.py')))).hexdigest()[:12]  # subpackages too
     return dict(commit=commit, source_sha1=src, path=str(pkg))
 
 def child(view, rounds, out, mem, smoke=False, threads=None):
@@ -358,9 +436,12 @@ def child(view, rounds, out, mem, smoke=False, threads=None):
         clone = ts[id(cands[0])][len(ts[id(cands[0])])//2]
         for c in cands:
             t = ts[id(c)]; share = c.draw_s / len(t)  # each call's share of the blocks of draws made in the timed rounds
-            med = t[len(t)//2] + share
+            med = figure(c, t) + share
             row = dict(view=view, shape=key, group=c.group, lib=c.lib, name=c.name, target=c.target, median_ms=med*1e3, draws_ms=share*1e3,
                        q1_ms=quantile(t, .25)*1e3, q3_ms=quantile(t, .75)*1e3, ratio=med/clone, n=len(t), batch_mib=nbytes/2**20)
+            if c.by_kind:  # a row that switches: each method's rounds and median
+                row['kinds'] = {k: dict(n=len(v), median_ms=quantile(sorted(v), .5)*1e3)
+                                for k, v in sorted(c.by_kind.items())}
             if mem:
                 pk = peak_memory(c)
                 row.update(peak_batches=max(p for p,_ in pk)/nbytes, peak_mib=max(p for p,_ in pk)/2**20, mask_batches=1/(shape[1]*x.element_size()),
@@ -388,6 +469,16 @@ TARGETS = [('MixUp', '224', LERP, 1.15), ('CutMix', '224', BOX, 1.15), ('CutMix 
            ('MixChoice per sample', '224', CLONE, 3.0),
            *[(g, '32', 'best peer', 1.1) for g in ('MixUp', 'CutMix', 'CutMix per sample')],
            ('MixUp', '32', 'fastai', .5), ('CutMix', '32', 'fastai', .5)]
+# The drop-ins': (group, size, our row, (library, name) of the reference row in the group, k): our row's time per batch
+# at most k times the reference's. timm's: per batch, within 1.05× our functional row and at most 0.6× timm's; per
+# sample ('elem'), no slower than timm's at 224² and at most 0.2× at 32². torchvision's: at most 0.6× torchvision's
+DROPIN_TARGETS = [
+    *[(g, s, 'compat.timm.Mixup batch', ref, k) for g in DROPIN_TIMM for s in SHAPES
+      for ref, k in ((('ours', FUNCTIONAL[g]), 1.05), (('timm', 'Mixup batch (in place)'), .6))],
+    *[(g, s, 'compat.timm.Mixup elem', ('timm', 'Mixup elem (in place)'), k) for g in DROPIN_TIMM
+      for s, k in (('224', 1.), ('32', .2))],
+    *[(g, s, f'compat.torchvision.{m}{ps}', ('torchvision', f'v2.{m}'), .6)
+      for g, m in zip(DROPIN_TV, ('MixUp', 'CutMix')) for s in SHAPES for ps in ('', ' per_sample')]]
 BEST_PEER = ('224',)  # sizes where every row of ours, those drawing per batch included, is at least as good as the best peer's
 
 def check_targets(rows, syncs_):
@@ -405,6 +496,13 @@ def check_targets(rows, syncs_):
             v = r['median_ms'] / best['median_ms']
             out.append(dict(target=f"{g} {s}²: {r['name']} ≤ {k}× {ref}", value=round(v, 2), ok=v <= k,
                             **({} if ref == CLONE else dict(detail=f"{peer}{best['median_ms']:.3f} ms"))))
+    for g, s, name, (lib, ref), k in DROPIN_TARGETS:
+        pick = lambda l, n: [r for r in reuse if (r['group'], r['shape'], r['lib'], r['name']) == (g, s, l, n)]
+        o, b = pick('ours', name), pick(lib, ref)
+        if not (o and b): raise ValueError(f"drop-in target {g} {s}²: no row {name!r} or {lib} {ref!r} in the results")
+        v = o[0]['median_ms'] / b[0]['median_ms']
+        out.append(dict(target=f"{g} {s}²: {name} ≤ {k}× {lib} {ref}", value=round(v, 2), ok=v <= k,
+                        detail=f"{o[0]['median_ms']:.3f} / {b[0]['median_ms']:.3f} ms"))
     for g in dict.fromkeys(g for g, *_ in TARGETS):
         for s in BEST_PEER:
             peers = [r for r in reuse if r['group'] == g and r['shape'] == s and r['lib'] in PEERS]
@@ -445,11 +543,12 @@ def tricks(rows):
 def table(rows, view):
     "The results of one view, as text"
     lines = [f"view: {view}   (median per-batch ms, with its share of draws made ahead, and ratio to x.clone() of the same batch)",
-             f"{'group':<26}{'library':<12}{'candidate':<42}" + ''.join(f"{s+'² ms':>10}{'draws':>7}{'×clone':>8}" for s in SHAPES)]
+             f"{'group':<30}{'library':<12}{'candidate':<42}"
+             + ''.join(f"{s+'² ms':>10}{'draws':>7}{'×clone':>8}" for s in SHAPES)]
     rs = [r for r in rows if r['view'] == view]
     keys = list(dict.fromkeys((r['group'], r['lib'], r['name']) for r in rs))
     for k in keys:
-        line = f"{k[0]:<26}{k[1]:<12}{k[2]:<42}"
+        line = f"{k[0]:<30}{k[1]:<12}{k[2]:<42}"
         for s in SHAPES:
             r = next(r for r in rs if (r['group'], r['lib'], r['name']) == k and r['shape'] == s)
             line += f"{r['median_ms']:>10.3f}" + (f"{r['draws_ms']:>7.3f}" if r.get('draws_ms') else ' '*7) + f"{r['ratio']:>8.2f}"
@@ -490,7 +589,8 @@ def main():
     targets = check_targets(rows, syncs_)
     for res in results: print(table(rows, res['view']), '\n')
     print('host-device syncs per batch (counted on the meta device):')
-    for s in syncs_: print(f"  {s['group']:<26}{s['lib']:<12}{s['name']:<42}{s['n'] if s['n'] is not None else s['error']}")
+    for s in syncs_:
+        print(f"  {s['group']:<30}{s['lib']:<12}{s['name']:<42}{s['n'] if s['n'] is not None else s['error']}")
     print('\ntargets (reuse view):')
     for t in targets: print(f"  {'PASS' if t['ok'] else 'FAIL'}  {t['target']}: {t['value']}" + (f" ({t['detail']})" if 'detail' in t else ''))
     tr = tricks(rows)

@@ -180,11 +180,19 @@ def paste_box(
     inplace:bool=False # Write into `x` (no copy of the batch); else into a copy
 )->Tensor:
     "Copy the partners' `box` into each sample of `x`"
-    out = x if inplace else _like(_plain(x).clone(), x)
-    v = _plain(out)[(...,) + box]
-    if isinstance(shift, Tensor): v.copy_(v[shift])
-    else: _rotate_rows(v, shift)
-    return out
+    if inplace:
+        v = _plain(x)[(...,) + box]
+        if isinstance(shift, Tensor): v.copy_(v[shift])
+        else: _rotate_rows(v, shift)
+        return x
+    # into a copy: the partners' box is read from `x` itself, so nothing is kept aside
+    xp = _plain(x); out = xp.clone()
+    v, src = out[(...,) + box], xp[(...,) + box]
+    if isinstance(shift, Tensor): v.copy_(src[shift])
+    else:
+        n = src.shape[0] - shift
+        v[:n].copy_(src[shift:]); v[n:].copy_(src[:shift])
+    return _like(out, x)
 
 # %% ../nbs/03_blend.ipynb #f96a3693
 def paste_mask(
