@@ -159,13 +159,15 @@ def _batch(xb, yb)->tuple:
             # read once per type: a class's ancestors, looked up on every batch, cost microseconds
             if _const(('refused', type(t)), lambda: _is(t, 'TensorPoint', 'TensorBBox')): raise TypeError(
                 f"{kind} {i} is a fastai {type(t).__name__}: " + (_BOXES if _is(t, 'TensorBBox') else _POINTS))
-    if xs[0].ndim == 0: raise ValueError("input 0 is a 0-d tensor: a batch has one row per sample, (bs, ...)")
-    bs = xs[0].shape[0]
-    for i, y in enumerate(ys):
+    # shapes read from the plain tensors: each attribute of a fastai tensor costs a `__torch_function__` call
+    xps, yps = tuple(map(_plain, xs)), tuple(map(_plain, ys))
+    if xps[0].ndim == 0: raise ValueError("input 0 is a 0-d tensor: a batch has one row per sample, (bs, ...)")
+    bs = xps[0].shape[0]
+    for i, y in enumerate(yps):
         if y.ndim == 0 or y.shape[0] != bs: raise ValueError(
             f"target {i} has shape {tuple(y.shape)}, and the inputs hold {bs} samples: each target needs one row per sample, (bs, ...). "
             "Pass the targets of this batch (are inputs and targets of different batches, or is a target a scalar?)")
-    return xs, ys, tuple(map(_plain, xs)), tuple(map(_plain, ys))
+    return xs, ys, xps, yps
 
 # %% ../nbs/00_core.ipynb #75e3486f
 def _check_float(tp:Tensor, what:str='MixUp'):

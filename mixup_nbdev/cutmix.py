@@ -49,11 +49,12 @@ def mixup_batch(
     params:MixUpParams|None=None # A record from `draw_mixup` to apply, drawing nothing; default: drawn for this batch
 )->Mixed:
     "MixUp (https://arxiv.org/abs/1710.09412) of a batch: each sample keeps `lam>=0.5` of itself and takes the rest from its partner"
-    # plain tensors, once each: each attribute of a fastai `TensorImage` costs a `__torch_function__` call
-    xs, ys, xps, _ = _batch(xb, yb)
-    x0 = xps[0]
+    xs, ys = _tup(xb), _tup(yb)
+    x0 = _plain(xs[0])
     r = _record(params, MixUpParams, 'draw_mixup', x0.shape[0]) or _draw_mixup(x0, ys, alpha, p, draws, pairing, shift)
     if params is DRAW: return r  # drawn for any batch: Manifold Mixup mixes hidden layers of models with integer inputs
+    # checked, and plain tensors once each, when applied: each attribute of a fastai `TensorImage` costs a `__torch_function__` call
+    xs, ys, xps, _ = _batch(xs, ys)
     _check_float(x0)
     shift, lam = r
     if not _mixes(shift): return _unmixed(xs, ys, lam)
@@ -106,10 +107,11 @@ def cutmix_batch(
 )->Mixed:
     "CutMix (https://arxiv.org/abs/1905.04899): paste a box from each sample's partner; `lam` is the exact fraction each sample kept"
     per_sample = check_flag(per_sample, 'per_sample')
-    xs, ys, xps, yps = _batch(xb, yb)  # plain tensors once each, as in `mixup_batch`
-    x0 = xps[0]; size = _spatial_size(x0, 'CutMix')
+    xs, ys = _tup(xb), _tup(yb)
+    x0 = _plain(xs[0]); size = _spatial_size(x0, 'CutMix')
     r = _record(params, CutMixParams, 'draw_cutmix', x0.shape[0]) or _draw_cutmix(x0, ys, size, alpha, per_sample, p, draws, pairing, shift)
     if params is DRAW: return r
+    xs, ys, xps, yps = _batch(xs, ys)  # checked, and plain tensors once each, as in `mixup_batch`
     shift, lam, box, inside = r
     if not _mixes(shift): return _unmixed(xs, ys, lam)
     _fits(tuple(inside.shape[1:]) == (len(size), max(size)) if inside is not None
