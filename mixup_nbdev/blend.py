@@ -33,7 +33,7 @@ def _mix_plain(t, tp, lam, shift):
 
 def mix_tensor(
     x:Tensor, # A batch, `(bs, ...)`, floating point
-    lam:Tensor, # One weight per sample, `(bs,)`
+    lam:Tensor, # Each sample's weight `(bs,)`; or each element's: `(bs, *spatial)`, or a shape that broadcasts to `x`'s, such as `(bs, 1, H, W)`
     shift:int|Tensor # Partner offset from `draw_shift`, or each sample's partner index from `draw_partners`
 )->Tensor:
     "`lam*x + (1-lam)*partner(x, shift)`, reading `x` once and writing the result once"
@@ -216,9 +216,9 @@ def _where_partner(xp, mask, shift, base):
     return out
 
 def mask_lam(
-    mask:Tensor # `(bs, *size)` boolean mask, True where the partner's value is taken
+    mask:Tensor # `(bs, *size)` boolean mask, True where the partner's value is taken; or the partner's weight (a soft mask)
 )->Tensor:
-    "The exact fraction of each sample that `mask` keeps, `(bs,)`"
+    "The exact share of each sample that `mask` keeps, `(bs,)`"
     return 1 - mask.flatten(1).float().mean(1)
 
 def _paste_batch(xs, ys, xps, yps, size, paste, lam, shift, y_int, mask_targets)->Mixed:
@@ -238,17 +238,31 @@ def _mask_paste(mask, shift):
     "`paste(t, tp)` for `_paste_batch`: the partners' values where `mask` is True"
     return lambda t, tp: _like(_where_partner(tp, mask, shift, tp), t)
 
+def _soft_paste(mask, shift):
+    "`paste(t, tp)` for `_paste_batch`: each value blended with its partner's, the partner weighted by the float `mask`"
+    def paste(t, tp):
+        _check_float(tp, 'A soft mask')
+        own = (1 - mask).view(mask.shape[0], *[1]*(tp.ndim-mask.ndim), *mask.shape[1:]).to(tp.dtype)
+        return _like(_lerp_partner(tp, own, shift), t)
+    return paste
+
 def mix_by_mask(
     xb:Tensor|tuple, # Inputs `(bs, C, *size)`: a tensor, or a tuple of them
     yb:Tensor|tuple, # Targets: a tensor, or a tuple of them
-    mask:Tensor, # `(bs, *size)` boolean mask, True where each sample takes its partner's value
+    mask:Tensor, # `(bs, *size)`, where each sample takes its partner's value: a boolean mask, or the partner's weight in [0, 1] (a soft mask)
     shift:int|Tensor, # Partner offset from `draw_shift`, or each sample's partner index from `draw_partners`
     y_int:bool=True, # True: keep the partners' targets for `mix_loss`; False: interpolate the (float) targets
     mask_targets:bool|tuple|None=None, # Targets to paste like the inputs: None, fastai's `TensorMask`s; True, all with the inputs' spatial size; or their indices
     lam:Tensor|None=None # Each sample's kept fraction when already known; default `mask_lam(mask)`
 )->Mixed:
-    "Mix a batch by a mask: every input with the mask's spatial size, and every mask target, takes the partners' values where `mask` is True; `lam` is the exact fraction kept"
+    "Mix a batch by a mask: every input with the mask's spatial size, and every mask target, takes the partners' values where `mask` is True (or blends them by a soft mask's weights); `lam` is the exact share kept"
     xs, ys, xps, yps = _batch(xb, yb)
     if lam is None: lam = mask_lam(mask)
     if not _mixes(shift): return _unmixed(xs, ys, torch.ones_like(lam))
-    return _paste_batch(xs, ys, xps, yps, tuple(mask.shape[1:]), _mask_paste(mask, shift), lam, shift, y_int, mask_targets)
+    size = tuple(mask.shape[1:])
+    if not torch.is_floating_point(mask): paste = _mask_paste(mask, shift)
+    elif _mask_targets(ys, yps, size, mask_targets): raise ValueError(
+        "a soft mask blends values, and a segmentation mask's classes can't be blended: paste masks with a boolean mask, "
+        "or pass mask_targets=False to mix those targets as labels")
+    else: paste = _soft_paste(mask, shift)
+    return _paste_batch(xs, ys, xps, yps, size, paste, lam, shift, y_int, mask_targets)

@@ -5,6 +5,7 @@
 # %% ../nbs/07_choice.ipynb #0076a66e
 from __future__ import annotations
 from typing import NamedTuple
+import inspect
 import torch
 from torch import Tensor
 from .core import *
@@ -23,6 +24,15 @@ class MixChoiceParams(NamedTuple):
     choice:int|Tensor|None # The function of the batch, or of each sample; None: every weight is 0, the batch is left unmixed
     shift:int|Tensor|None=None # Per sample: the partners every function mixes with; per batch: the partners given, if any
     params:tuple=() # Per sample, the record of each function with a weight > 0; per batch, of the chosen one; None for a function without records
+
+def _check_takes_shift(f):
+    "Per sample, every function mixes with the same partners: refuse one that can't be given them"
+    try: ps = inspect.signature(f).parameters.values()
+    except (TypeError, ValueError): return  # no signature to read: the call will tell
+    if any(p.name == 'shift' or p.kind is p.VAR_KEYWORD for p in ps): return
+    name = getattr(getattr(f, 'func', f), '__name__', repr(f))
+    raise TypeError(f"per_sample=True mixes every function with the same partners, so each must take them as `shift` (an offset from "
+                    f"`draw_shift`, or partner indices from `draw_partners`): `{name}` doesn't. Give it a `shift=None` argument, or choose per batch")
 
 def _draw_mixchoice(xs, ys, x0, fs, weights, per_sample, pairing, choice, shift)->MixChoiceParams:
     "The choice, then (per sample) the partners, then each function's draws, in order"
@@ -51,6 +61,8 @@ def mixchoice_batch(
     if not fs or not all(map(callable, fs)): raise TypeError(
         f"`fs` must be the mixing functions to choose from, e.g. (partial(mixup_batch, alpha=.4), cutmix_batch), got {fs!r}")
     weights, per_sample, pairing = check_weights(weights, len(fs)), check_flag(per_sample, 'per_sample'), check_pairing(pairing)
+    if per_sample or isinstance(choice, Tensor):
+        for i in _live(weights): _check_takes_shift(fs[i])
     xs, ys, xps, _ = _batch(xb, yb)
     x0 = xps[0]; bs = x0.shape[0]
     r = _record(params, MixChoiceParams, 'draw_mixchoice', bs) or _draw_mixchoice(xs, ys, x0, fs, weights, per_sample, pairing, choice, shift)

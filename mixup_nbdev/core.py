@@ -182,11 +182,16 @@ def _blendable(tp:Tensor, bs:int)->bool:
     return torch.is_floating_point(tp) and tp.ndim > 0 and tp.shape[0] == bs
 
 def _bcast(lam, t:Tensor):
-    "`lam` (a number, a 0-d tensor, or one value per sample) shaped to broadcast over `t`, in `t`'s dtype"
+    "`lam` (a number, a 0-d tensor, one value per sample, or per element) shaped to broadcast over `t`, in `t`'s dtype"
     if not isinstance(lam, Tensor): return lam
     if lam.ndim == 0 and lam.device.type == 'cpu': return lam.item()  # one λ: a number, which a batch on any device takes
     if lam.dtype != t.dtype: lam = lam.to(t.dtype)
-    return lam.view(-1, *[1]*(t.ndim-1))
+    if lam.ndim < 2: return lam.view(-1, *[1]*(t.ndim-1))
+    bs, size = t.shape[0], tuple(t.shape[2:])
+    if lam.ndim == t.ndim - 1 and lam.shape[0] == bs and tuple(lam.shape[1:]) == size: return lam.unsqueeze(1)  # one weight per pixel
+    if lam.ndim == t.ndim and lam.shape[0] == bs and all(a in (1, b) for a, b in zip(lam.shape[1:], t.shape[1:])): return lam
+    raise ValueError(f"weights of shape {tuple(lam.shape)} don't fit the batch {tuple(t.shape)}: give one per sample (bs,), one per element of "
+                     f"the spatial size (bs, *spatial) = {(bs, *size)}, or a shape that broadcasts to the batch's, such as (bs, 1, *spatial)")
 
 def _spatial_size(x0:Tensor, what:str)->tuple:
     "The spatial size of inputs `(bs, C, *size)`, or the clear error for inputs without one"

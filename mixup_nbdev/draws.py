@@ -229,8 +229,11 @@ def drawing(
     f # A mixing function that takes `params`, such as `mixup_batch`
 ):
     "The draw function of `f`: the same arguments but `params`, and it returns the record `f` would apply, drawn with the same random streams"
-    def draw(*args, **kwargs): return f(*args, params=DRAW, **kwargs)
     sig = inspect.signature(f)
+    if 'params' not in sig.parameters: raise TypeError(
+        f"`{f.__name__}` must take `params`, the record it applies (`def {f.__name__}(xb, yb, ..., params=None)`): "
+        "its draw function passes `params` to ask for the record instead of the mixed batch")
+    def draw(*args, **kwargs): return f(*args, params=DRAW, **kwargs)
     draw.__signature__ = sig.replace(parameters=[p for p in sig.parameters.values() if p.name != 'params'],
                                      return_annotation=sig.parameters['params'].annotation)
     draw.__name__ = draw.__qualname__ = 'draw_' + f.__name__.removesuffix('_batch')

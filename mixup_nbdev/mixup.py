@@ -304,6 +304,10 @@ class MixChoice(MixHandler):
     ):
         if not cbs or not all(isinstance(cb, MixHandler) and not isinstance(cb, MixChoice) for cb in cbs): raise TypeError(
             f"MixChoice chooses among mixing callbacks, e.g. MixChoice(MixUp(.4), CutMix(1.)), got {cbs!r}")
+        for cb in cbs:
+            if type(cb).lf is not MixHandler.lf: raise TypeError(
+                f"{type(cb).__name__} computes its own loss (`lf`), and MixChoice computes every batch's loss from the mix alone, so that loss "
+                f"would never be called: train with {type(cb).__name__} alone, or make its loss the Learner's `loss_func`")
         self.cbs,self.weights = cbs,check_weights(weights, len(cbs), lambda w, name: check_sched(w, name, check_weight))
         self.per_sample,self.choice = check_flag(per_sample, 'per_sample'),None
         if self.per_sample:

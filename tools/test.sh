@@ -50,8 +50,17 @@ check "bench: the detection benchmark runs, on tiny sizes (bench/bench_detection
 check "distributed: 2 CPU ranks under torchrun, mixing, failures (tools/test_ddp.py)" python tools/test_ddp.py
 # the package as users install it (tools/test_user_env.py): the wheel, then fresh venvs with no nbdev
 check "user env: sdist and wheel build, twine check passes" python tools/test_user_env.py build
-check "user env: newest fastai/fastcore/torch/torchvision kept by pip install of the wheel[fastai]; imports, the fastai layer's notebooks, CLI" python tools/test_user_env.py newest
-check "user env: the lower bounds: the core with torch and numpy alone, then the fastai extra; imports, both layers' notebooks, CLI" python tools/test_user_env.py oldest
+# the two fresh environments run side by side: each waits minutes on pip while the other's notebooks use the cores
+envs=$(mktemp -d); t=$SECONDS
+python tools/test_user_env.py newest > "$envs/newest" 2>&1 & newest=$!
+python tools/test_user_env.py oldest > "$envs/oldest" 2>&1 & oldest=$!
+env_check() {
+  local name=$1 pid=$2; echo "== $name"
+  if wait "$pid"; then cat "$envs/$3"; ok "$name ($((SECONDS-t))s, side by side)"; else cat "$envs/$3"; ko "$name ($((SECONDS-t))s, side by side)"; fi
+}
+env_check "user env: newest fastai/fastcore/torch/torchvision kept by pip install of the wheel[fastai]; imports, the fastai layer's pages and a tutorial, CLI" $newest newest
+env_check "user env: the lower bounds: the core with torch and numpy alone, then the fastai extra; imports, the torch layer's notebooks, the callbacks' notebook, CLI" $oldest oldest
+rm -rf "$envs"
 
 echo "test suite: $((SECONDS-t_all))s"
 echo "tests: $passed passed, $failed failed"

@@ -22,8 +22,8 @@ Usage: python tools/test_user_env.py [build|newest|oldest ...]   (default: all t
           nothing (beyond what importing fastai.basics, which it builds on, prints); without scikit-image the example
           datasets say how to install it (the `examples` extra). Then the `examples` extra and settings.ini
           `test_requirements` are added (what is installed held), `mixup_nbdev_train --epochs 1` trains and the
-          fastai layer's notebooks run (the torch layer's run in the development venv on the same newest torch, and
-          in "oldest").
+          fastai layer's notebooks run: every page of the API, and of the tutorials `TUTORIAL_SMOKE` (all of them run in
+          the development venv; the torch layer's notebooks run there on the same newest torch, and in "oldest").
 In both: `__version__` is settings.ini's version, and nbdev stays out (the notebooks run with nbclient).
 Run by tools/test.sh in the development venv (which has build and twine). The venvs are made in _artifacts/user_env/
 and removed after a pass (kept after a failure, to look into). pip keeps what it downloads in its cache, so a rerun
@@ -38,7 +38,7 @@ from packaging.version import Version
 ROOT = Path(__file__).resolve().parents[1]
 DIST, ENVS = ROOT / 'dist', ROOT / '_artifacts' / 'user_env'
 sys.path.insert(0, str(ROOT / 'tools'))
-from run_notebooks import fastai_modules
+from run_notebooks import fastai_modules, notebooks as all_notebooks
 
 HELD = {'newest': ['fastai', 'fastcore', 'torch', 'torchvision'],  # what a user's training environment already has
         'oldest': ['torch', 'torchvision', 'numpy']}  # a plain PyTorch user's, at the lower bounds
@@ -46,8 +46,12 @@ SHOWN = HELD['newest'] + ['fasttransform', 'plum-dispatch', 'numpy', 'matplotlib
 NOT_IN_CORE = ['fastai', 'fastcore', 'matplotlib', 'scikit-learn', 'scipy', 'pandas']  # what only the `fastai` extra may bring
 MUST_IMPORT_QUIETLY = 'mixup_nbdev.mixup'
 # the fastai layer at its lower bounds differs from the development venv only in torch and numpy: the callbacks' notebook
-# and the CLI are its smoke (every fastai notebook runs in the development venv and in "newest")
+# and the CLI are its smoke (every fastai notebook runs in the development venv)
 FASTAI_SMOKE = [ROOT / 'nbs' / '09_mixup.ipynb']
+# the newest fastai and fastcore: every page of the API; of the tutorials, which use that API at length on real data
+# (each runs in the development venv), the one the README's job follows
+TUTORIAL_SMOKE = ROOT / 'nbs' / 'tutorials' / 'train.ipynb'
+def newest_notebooks(): return [p for p in all_notebooks() if 'tutorials' not in p.parts] + [TUTORIAL_SMOKE]
 EXAMPLES_HINT = 'pip install "mixup_nbdev[examples]"'
 FASTAI_HINT = 'pip install "mixup_nbdev[fastai]"'
 
@@ -293,7 +297,7 @@ def newest():
     e.no_dev_tools(final)
     show(final, 'tested with')
     e.cli('--epochs', '1')
-    e.notebooks('fastai')
+    e.notebooks('fastai', only=newest_notebooks())
     e.done()
 
 
