@@ -59,7 +59,7 @@ env_check() {
   if wait "$pid"; then cat "$envs/$3"; ok "$name ($((SECONDS-t))s, side by side)"; else cat "$envs/$3"; ko "$name ($((SECONDS-t))s, side by side)"; fi
 }
 env_check "user env: newest fastai/fastcore/torch/torchvision kept by pip install of the wheel[fastai]; imports, the fastai layer's pages and a tutorial, CLI" $newest newest
-env_check "user env: the lower bounds: the core with torch and numpy alone, then the fastai extra; imports, the torch layer's notebooks, the callbacks' notebook, CLI" $oldest oldest
+env_check "user env: the lower bounds: the core with torch and numpy alone, then the fastai extra; imports, the torch layer's notebooks, CLI" $oldest oldest
 rm -rf "$envs"
 
 echo "test suite: $((SECONDS-t_all))s"

@@ -14,8 +14,9 @@ Usage: python tools/test_user_env.py [build|newest|oldest ...]   (default: all t
           (what is installed held, fastcore and matplotlib at the `fastai` extra's lower bounds, no fastai) and the
           torch layer's notebooks run (tools/run_notebooks.py --layer torch). Then the `fastai` extra at its lower
           bounds (the rest held): every module imports (mixup_nbdev.mixup quietly, as in "newest"),
-          `mixup_nbdev_train --epochs 1` trains, and the callbacks' notebook runs (`FASTAI_SMOKE`): the fastai layer's
-          other notebooks run in the development venv and in "newest".
+          `mixup_nbdev_train --epochs 1` trains with the MixUp callback: the fastai layer's smoke here, since at its
+          lower bounds it differs from the development venv only in torch and numpy (its notebooks run there and in
+          "newest").
 - newest: a fresh venv gets the newest fastai, fastcore, torch and torchvision that pip can install here, then the
           wheel with its `fastai` extra; fails if that changed any of their versions (the package must fit into the
           environment a user trains in, not replace it). Every module imports; importing mixup_nbdev.mixup prints
@@ -45,9 +46,6 @@ HELD = {'newest': ['fastai', 'fastcore', 'torch', 'torchvision'],  # what a user
 SHOWN = HELD['newest'] + ['fasttransform', 'plum-dispatch', 'numpy', 'matplotlib', 'scikit-learn', 'scikit-image', 'pandas']
 NOT_IN_CORE = ['fastai', 'fastcore', 'matplotlib', 'scikit-learn', 'scipy', 'pandas']  # what only the `fastai` extra may bring
 MUST_IMPORT_QUIETLY = 'mixup_nbdev.mixup'
-# the fastai layer at its lower bounds differs from the development venv only in torch and numpy: the callbacks' notebook
-# and the CLI are its smoke (every fastai notebook runs in the development venv)
-FASTAI_SMOKE = [ROOT / 'nbs' / '09_mixup.ipynb']
 # the newest fastai and fastcore: every page of the API; of the tutorials, which use that API at length on real data
 # (each runs in the development venv), the one the README's job follows
 TUTORIAL_SMOKE = ROOT / 'nbs' / 'tutorials' / 'train.ipynb'
@@ -338,7 +336,6 @@ def oldest():
     show(final, 'the fastai layer tested with')
     e.imports('the fastai extra')
     e.cli('--epochs', '1')
-    e.notebooks('fastai', only=FASTAI_SMOKE)
     e.done()
 
 
