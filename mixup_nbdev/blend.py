@@ -205,9 +205,13 @@ def paste_mask(
     xp = _plain(x)
     return _like(_where_partner(xp, mask, shift, xp if base is None else _plain(base)), x)
 
+def _over(mask, t):
+    "`mask` `(bs, *size)` shaped to broadcast over `t`'s other dimensions, such as its channels"
+    return mask.view(mask.shape[0], *[1]*(t.ndim-mask.ndim), *mask.shape[1:])
+
 def _where_partner(xp, mask, shift, base):
     "`paste_mask` of plain tensors"
-    m = mask.view(mask.shape[0], *[1]*(xp.ndim-mask.ndim), *mask.shape[1:])
+    m = _over(mask, xp)
     if isinstance(shift, Tensor): return torch.where(m, xp[shift], base)
     n = xp.shape[0]-shift
     out = torch.empty_like(base)
@@ -240,10 +244,10 @@ def _mask_paste(mask, shift):
 
 def _soft_paste(mask, shift):
     "`paste(t, tp)` for `_paste_batch`: each value blended with its partner's, the partner weighted by the float `mask`"
+    own = 1 - mask  # once for every input it blends
     def paste(t, tp):
         _check_float(tp, 'A soft mask')
-        own = (1 - mask).view(mask.shape[0], *[1]*(tp.ndim-mask.ndim), *mask.shape[1:]).to(tp.dtype)
-        return _like(_lerp_partner(tp, own, shift), t)
+        return _like(_lerp_partner(tp, _over(own, tp).to(tp.dtype), shift), t)
     return paste
 
 def mix_by_mask(

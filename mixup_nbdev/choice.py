@@ -5,11 +5,10 @@
 # %% ../nbs/07_choice.ipynb #0076a66e
 from __future__ import annotations
 from typing import NamedTuple
-import inspect
 import torch
 from torch import Tensor
 from .core import *
-from .core import _batch, _like, _mask_targets, _plain
+from .core import _batch, _like, _mask_targets, _plain, _takes
 from .draws import *
 from .draws import DRAW, _live, _mixes, _record
 from .blend import *
@@ -27,9 +26,7 @@ class MixChoiceParams(NamedTuple):
 
 def _check_takes_shift(f):
     "Per sample, every function mixes with the same partners: refuse one that can't be given them"
-    try: ps = inspect.signature(f).parameters.values()
-    except (TypeError, ValueError): return  # no signature to read: the call will tell
-    if any(p.name == 'shift' or p.kind is p.VAR_KEYWORD for p in ps): return
+    if _takes(f, 'shift', True): return  # a signature that can't be read: the call will tell
     name = getattr(getattr(f, 'func', f), '__name__', repr(f))
     raise TypeError(f"per_sample=True mixes every function with the same partners, so each must take them as `shift` (an offset from "
                     f"`draw_shift`, or partner indices from `draw_partners`): `{name}` doesn't. Give it a `shift=None` argument, or choose per batch")

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #172b3eea
 from __future__ import annotations
-import importlib.util, math, numbers
+import importlib.util, inspect, math, numbers, types
 import numpy as np
 import torch
 from torch import Tensor
@@ -116,6 +116,21 @@ def _const(key, make):
     v = _consts.get(key)
     if v is None: v = _consts[key] = make()
     return v
+
+def _takes(
+    f, # A callable: a function, a `partial`, a method, a module or other object
+    name:str, # The argument asked about
+    unreadable:bool # The answer for a callable whose signature can't be read
+)->bool:
+    "Does `f` take the argument `name` (or any keyword)? Read once per function's code or callable's class: a signature costs microseconds, and mixing asks each batch"
+    inner = getattr(f, 'func', f)
+    key = getattr(inner, '__code__', None) or (inner if isinstance(inner, (types.BuiltinFunctionType, type)) else type(inner))
+    def read():
+        # a module's call takes anything (`*args, **kwargs`) and passes it to `forward`
+        try: ps = inspect.signature(inner.forward if isinstance(inner, torch.nn.Module) else f).parameters.values()
+        except (TypeError, ValueError): return unreadable
+        return any(p.name == name or p.kind is p.VAR_KEYWORD for p in ps)
+    return _const(('takes', name, key), read)
 
 def _plain(t:Tensor)->Tensor:
     "`t` as a plain `Tensor` sharing its storage: subclasses such as fastai's `TensorImage` add per-op overhead"

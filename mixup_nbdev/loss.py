@@ -4,12 +4,11 @@
 
 # %% ../nbs/02_loss.ipynb #9464ee9e
 from __future__ import annotations
-import inspect
 from functools import partial
 import torch
 from torch import Tensor, nn
 import torch.nn.functional as F
-from .core import _like, _plain, _tup
+from .core import _like, _plain, _takes, _tup
 
 # %% auto #0
 __all__ = ['reduce_loss', 'takes_reduction', 'none_reduce', 'mix_loss', 'smooth_targets', 'mixed_soft_targets']
@@ -27,10 +26,7 @@ def takes_reduction(
     loss_func # A loss: a function or module called as `loss_func(pred, *yb)`
 )->bool:
     "Can `loss_func` give one loss per sample: has it a `reduction` attribute, or does it take a `reduction` argument?"
-    if hasattr(loss_func, 'reduction'): return True
-    try: ps = inspect.signature(loss_func).parameters.values()
-    except (TypeError, ValueError): return False
-    return any(p.name == 'reduction' or p.kind is p.VAR_KEYWORD for p in ps)
+    return hasattr(loss_func, 'reduction') or _takes(loss_func, 'reduction', False)
 
 class none_reduce:
     "Context manager giving `loss_func` with no reduction: it sets a `reduction` attribute, or passes `reduction='none'`"
