@@ -15,7 +15,8 @@ from .draws import _mixes
 from .loss import *
 
 # %% auto #0
-__all__ = ['partner', 'mix_tensor', 'Mixed', 'mix_targets', 'paste_box', 'paste_mask', 'mask_lam', 'mix_by_mask']
+__all__ = ['partner', 'mix_tensor', 'Mixed', 'mix_targets', 'mix_source_targets', 'paste_box', 'paste_mask', 'mask_lam',
+           'mix_by_mask', 'check_sources']
 
 # %% ../nbs/03_blend.ipynb #411e32f4
 def partner(
@@ -77,13 +78,45 @@ def _lerp_partner(
     return _LerpRows.apply(xp, w, shift)
 
 # %% ../nbs/03_blend.ipynb #8ce2d440
-class Mixed(NamedTuple):
-    "A mixed batch: inputs `xb`, targets `yb`, partners' targets `yb1` (None when the targets were mixed or need no mixing), `lam` and the partners, `shift` (an offset, or each sample's partner index)"
+class _MixedFields(NamedTuple):
     xb:tuple
     yb:tuple
     yb1:tuple|None
-    lam:Tensor # Each sample's share of itself `(bs,)`, or a 0-d tensor when one λ holds for the whole batch
+    lam:Tensor
     shift:int|Tensor
+
+class Mixed(_MixedFields):
+    "A mixed batch: inputs `xb`, targets `yb`, partners' targets `yb1` (None when the targets were mixed or need no mixing), `lam` and the partners, `shift` (an offset, or each sample's partner index); and every sample's `sources` with their label `weights`"
+    # five fields, so code that unpacks them keeps working: a mix of more than two sources keeps those beside them,
+    # and its five fields are its two-source view
+    def __new__(cls,
+        xb:tuple, # The mixed inputs
+        yb:tuple, # The targets: each sample's own, or mixed ones when `yb1` is None
+        yb1:tuple|None, # The partners' targets; None when the targets were mixed or need no mixing
+        lam:Tensor, # Each sample's share of itself `(bs,)`, or a 0-d tensor when one λ holds for the whole batch
+        shift:int|Tensor, # The partners: an offset, or each sample's partner index
+        sources:Tensor|None=None, # A mix of more than two sources: each sample's sources `(bs, K)`, indices into the batch, itself first
+        weights:Tensor|None=None # A mix of more than two sources: their label weights `(bs, K)`, summing to 1 for each sample
+    ):
+        self = tuple.__new__(cls, (xb, yb, yb1, lam, shift))
+        if (sources is None) != (weights is None): raise ValueError(
+            "`sources` and `weights` go together: each sample's sources (bs, K), indices into the batch, and their weights (bs, K)")
+        if sources is not None: self._many = sources, weights
+        return self
+
+    def _replace(self, **kwargs)->Mixed:
+        "A copy with new values of the fields in `kwargs` (and of `sources` and `weights`); more than two sources are kept unless their two-source view, `lam` or `shift`, changes"
+        if 'sources' not in kwargs and 'weights' not in kwargs and '_many' not in self.__dict__: return super()._replace(**kwargs)
+        many = kwargs.pop('sources', None), kwargs.pop('weights', None)
+        res = super()._replace(**kwargs)
+        if many[0] is None and not {'lam', 'shift'} & kwargs.keys(): many = self.__dict__.get('_many', many)
+        return res if many[0] is None else Mixed(*res, *many)
+
+    @property
+    def n_sources(self)->int:
+        "How many sources each sample has, `K`: 2 for a sample and its partner"
+        many = self.__dict__.get('_many')
+        return 2 if many is None else many[0].shape[1]
 
     @property
     def perm(self)->Tensor:
@@ -92,23 +125,47 @@ class Mixed(NamedTuple):
         bs = self.xb[0].shape[0]
         return (torch.arange(bs, device=self.xb[0].device) + self.shift) % bs
 
+    @property
+    def sources(self)->Tensor:
+        "Each sample's sources `(bs, K)`, indices into the batch: itself and its partner, or, for a method such as RICAP, its K sources, itself first"
+        many = self.__dict__.get('_many')
+        if many is not None: return many[0]
+        x0 = self.xb[0]
+        return torch.stack((torch.arange(x0.shape[0], device=x0.device), self.perm), 1)
+
+    @property
+    def weights(self)->Tensor:
+        "Each source's label weight `(bs, K)`, summing to 1 for each sample: λ and 1-λ for two sources; for the methods that paste, the exact shares of the pixels"
+        many = self.__dict__.get('_many')
+        if many is not None: return many[1]
+        x0, lam = self.xb[0], self.lam
+        if lam.ndim == 0: lam = torch.full((x0.shape[0],), lam.item(), device=x0.device) if lam.device.type == 'cpu' else lam.expand(x0.shape[0])
+        lam = lam.float()
+        return torch.stack((lam, 1-lam), 1)
+
     def loss(self,
         loss_func, # Any loss `loss_func(pred, *yb)`: PyTorch's, a per-sample function, or (with one λ for the batch) one that reduces itself
         pred:Tensor, # The model's output for the mixed inputs
         reduction:str|None=None # Defaults to `loss_func.reduction`, else 'mean' ('none' for a per-sample function)
     )->Tensor:
-        "`mix_loss` of `pred` for this batch: each sample's loss against its own and its partner's targets, weighted λ and 1-λ, reduced like `loss_func`"
-        return mix_loss(loss_func, pred, self.yb, self.yb1, self.lam, reduction)
+        "The loss of `pred` for this batch: each sample's loss against each source's targets, weighted by the source's weight (`mix_loss` for two sources, `sources_loss` for more), reduced like `loss_func`"
+        many = self.__dict__.get('_many')
+        if many is None or self.yb1 is None: return mix_loss(loss_func, pred, self.yb, self.yb1, self.lam, reduction)
+        return sources_loss(loss_func, pred, self.yb, *many, reduction)
 
     def soft_targets(self,
         num_classes:int|None=None, # Number of classes: needed for class indices
         label_smoothing:float=0., # ε of each source's target, as `smooth_targets`
         multi_label:bool=False # Multi-hot targets, smoothed towards 0.5
     )->Tensor:
-        "Each sample's soft target `(bs, num_classes, *)` from the first targets: its own and its partner's, label-smoothed, weighted λ and 1-λ"
+        "Each sample's soft target `(bs, num_classes, *)` from the first targets: its sources' targets, label-smoothed, weighted by their weights (λ and 1-λ for two)"
         if not self.yb: raise ValueError("the batch has no targets to make soft targets of: pass them to the mixing function, `f(xb, yb)`")
         # targets mixed already (or pasted masks, or unmixed): smoothing is linear, so it commutes
         if self.yb1 is None: return smooth_targets(self.yb[0], num_classes, label_smoothing, multi_label)
+        many = self.__dict__.get('_many')
+        if many is not None:
+            y = self.yb[0]
+            return mixed_soft_targets(tuple(partner(y, s) for s in many[0].unbind(1)), many[1].unbind(1), num_classes, label_smoothing, multi_label)
         lam = self.lam.item() if self.lam.ndim == 0 and self.lam.device.type == 'cpu' else self.lam
         return mixed_soft_targets((self.yb[0], self.yb1[0]), (lam, 1-lam), num_classes, label_smoothing, multi_label)
 
@@ -129,6 +186,15 @@ def _unmixed(xs:tuple, ys:tuple, lam=1.)->Mixed:
     return Mixed(xs, ys, None, _lam(lam), 0)
 
 # %% ../nbs/03_blend.ipynb #b839400a
+def _floats(yp:Tensor, i:int)->Tensor:
+    "Target `i`, if it is floating point, which `y_int=False` can interpolate; else the clear error"
+    if not torch.is_floating_point(yp):
+        raise TypeError(f"target {i} is {yp.dtype}, and y_int=False interpolates the targets, which integers can't be (in fastai's callbacks: "
+            "the loss has no `y_int`). Pass y_int=True to keep the partners' targets for `Mixed.loss`, use `Mixed.soft_targets(num_classes)`, "
+            "or give float (one-hot, multi-hot) targets. In fastai, use a loss with `y_int=True` (e.g. `CrossEntropyLossFlat`; your own loss: "
+            "set `loss_func.y_int = True` and give it a `reduction` argument)")
+    return yp
+
 def mix_targets(
     yb:tuple, # Targets
     yb1:tuple, # Partners' targets
@@ -141,14 +207,31 @@ def mix_targets(
     ys = []
     for i,(y,y1) in enumerate(zip(yb, yb1)):
         if i in skip: ys.append(y); continue
-        yp = _plain(y)
-        if not torch.is_floating_point(yp):
-            raise TypeError(f"target {i} is {yp.dtype}, and y_int=False interpolates the targets, which integers can't be (in fastai's callbacks: "
-                "the loss has no `y_int`). Pass y_int=True to keep the partners' targets for `Mixed.loss`, use `Mixed.soft_targets(num_classes)`, "
-                "or give float (one-hot, multi-hot) targets. In fastai, use a loss with `y_int=True` (e.g. `CrossEntropyLossFlat`; your own loss: "
-                "set `loss_func.y_int = True` and give it a `reduction` argument)")
+        yp = _floats(_plain(y), i)
         ys.append(_like(torch.lerp(_plain(y1), yp, _bcast(lam, yp)), y))
     return Mixed(None, tuple(ys), None, _lam(lam), 0)
+
+def mix_source_targets(
+    yb:tuple, # Targets
+    sources:Tensor, # Each sample's sources `(bs, K)`, indices into the batch, itself first
+    weights:Tensor, # Their label weights `(bs, K)`, summing to 1 for each sample
+    y_int:bool, # True: keep the targets for `Mixed.loss`; False: mix the (float) targets with the weights
+    skip:tuple=() # Indices of targets already mixed (pasted masks): kept as they are
+)->Mixed:
+    "The targets of a batch mixed from K sources, and its two-source view that fastai's `MixHandler` reads: `lam` each sample's own weight, `shift` and `yb1` its heaviest other source (`xb` left for the caller)"
+    lam, shift = weights[:, 0], sources.gather(1, weights[:, 1:].argmax(1, keepdim=True) + 1)[:, 0]
+    if y_int:
+        if skip and len(skip) < len(yb): raise ValueError(
+            "the mask targets were pasted with their pixels, and the other targets need the loss of every source: more than two sources "
+            "can't mix both in one loss. Pass y_int=False with float targets, or give the masks alone (mask_targets=False mixes them as labels)")
+        yb1 = None if len(skip) == len(yb) else tuple(partner(y, shift) for y in yb)
+        return Mixed(None, tuple(yb), yb1, lam, shift, sources, weights)
+    def mixed(i, y):
+        "Target `i` mixed from the sources, `Σ_k w_k y[sources_k]`"
+        yp = _floats(_plain(y), i)
+        w = weights.to(yp.dtype)
+        return _like(sum(w[:, k].view(-1, *[1]*(yp.ndim-1)) * yp[s] for k, s in enumerate(sources.unbind(1))), y)
+    return Mixed(None, tuple(y if i in skip else mixed(i, y) for i, y in enumerate(yb)), None, lam, shift, sources, weights)
 
 # %% ../nbs/03_blend.ipynb #590dfd5f
 def _rotate_rows(
@@ -270,3 +353,26 @@ def mix_by_mask(
         "or pass mask_targets=False to mix those targets as labels")
     else: paste = _soft_paste(mask, shift)
     return _paste_batch(xs, ys, xps, yps, size, paste, lam, shift, y_int, mask_targets)
+
+# %% ../nbs/03_blend.ipynb #3ec2c972
+def check_sources(
+    f, # A mixing function `f(xb, yb, **kwargs)` returning a `Mixed`, such as `partial(cutmix_batch, per_sample=True)`
+    bs:int=8, # Batch size
+    size:tuple=(16, 16), # The inputs' spatial size
+    label_weights:bool=True, # Check that the soft targets weigh the labels as the pixels (not for TransMix and Remix, which weigh them otherwise)
+    **kwargs # More arguments for `f`, such as `shift`
+)->Mixed:
+    "Check on a batch of one-hot inputs that `f`'s `sources` and `weights` give each sample's exact share of every source's pixels, and return the `Mixed`"
+    xb = torch.eye(bs)[:, :, None, None].expand(bs, bs, *size).contiguous()  # sample i: 1 in channel i, in every pixel
+    m = f(xb, torch.arange(bs), **kwargs)
+    src, w = m.sources, m.weights
+    if src.shape != w.shape or src.shape[0] != bs: raise AssertionError(f"`sources` {tuple(src.shape)} and `weights` {tuple(w.shape)} must both be (bs, K) = ({bs}, K)")
+    if not torch.allclose(w.float().sum(1).cpu(), torch.ones(bs), atol=1e-5): raise AssertionError(f"each sample's weights must sum to 1, got {w.sum(1)}")
+    share = _plain(m.xb[0]).float().flatten(2).mean(2).cpu()  # (bs, bs): sample i's share of sample j's pixels
+    expect = torch.zeros(bs, bs).scatter_add_(1, src.cpu().long(), w.float().cpu())
+    if not torch.allclose(share, expect, atol=1e-5): raise AssertionError(
+        f"the sources' weights don't give the mixed pixels: sample {int((share - expect).abs().amax(1).argmax())} holds the shares {share} of the sources, "
+        f"and its `sources` and `weights` say {expect}")
+    if label_weights and not torch.allclose(m.soft_targets(bs).cpu(), expect, atol=1e-5): raise AssertionError(
+        "the soft targets don't weigh the labels as the pixels: give the targets of each source its weight")
+    return m

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from .core import *
-from .core import _const, _is, _like, _plain, _tup
+from .core import _const, _is, _like, _plain, _to, _tup
 from .blend import partner
 
 # %% auto #0
@@ -43,11 +43,6 @@ def compact(
     return Boxes(g(b.boxes), g(b.labels), valid, g(b.masks), g(b.weights))
 
 # %% ../nbs/07b_boxes.ipynb #1238d0e4
-def _to(values:list, device, dtype=None)->Tensor:
-    "Host values as a tensor on `device`; to a GPU from pinned memory, without waiting for it: no host-device sync"
-    t = torch.tensor(values, dtype=dtype)
-    return t.pin_memory().to(device, non_blocking=True) if torch.device(device).type == 'cuda' else t.to(device)
-
 def _bad_boxes(boxes:Tensor, size:tuple)->Tensor:
     "Flags, without a sync: any box with x2 < x1 or y2 < y1; any outside the image of `size` `(H, W)`"
     (h, w), eps = size, 1e-3

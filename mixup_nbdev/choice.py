@@ -81,7 +81,15 @@ def mixchoice_batch(
         return out
     lams = [torch.as_tensor(m.lam, device=x0.device).expand(bs).float() for m in ms]
     yb1 = None if all(m.yb1 is None for m in ms) else tuple(map(pick, zip(*[m.yb if m.yb1 is None else m.yb1 for m in ms])))
-    return Mixed(tuple(map(pick, zip(*[m.xb for m in ms]))), tuple(map(pick, zip(*[m.yb for m in ms]))), yb1, pick(lams), shift)
+    res = Mixed(tuple(map(pick, zip(*[m.xb for m in ms]))), tuple(map(pick, zip(*[m.yb for m in ms]))), yb1, pick(lams), shift)
+    k = max(m.n_sources for m in ms)
+    if k == 2: return res
+    # a method of more than two sources: each sample gets its own method's, padded with its own index at weight 0
+    def padded(m):
+        s, w = m.sources, m.weights.float()
+        return torch.cat([s, s[:, :1].expand(bs, k - s.shape[1])], 1), torch.cat([w, w.new_zeros(bs, k - w.shape[1])], 1)
+    srcs, ws = zip(*map(padded, ms))
+    return res._replace(shift=pick([m.perm for m in ms]), sources=pick(srcs), weights=pick(ws))
 
 draw_mixchoice = drawing(mixchoice_batch)
 

@@ -184,6 +184,12 @@ def _batch(xb, yb)->tuple:
             "Pass the targets of this batch (are inputs and targets of different batches, or is a target a scalar?)")
     return xs, ys, xps, yps
 
+def _to(values:list, device, dtype=None)->Tensor:
+    "Host values as a tensor on `device`; to a GPU from pinned memory, without waiting for it: no host-device sync"
+    t = torch.tensor(values, dtype=dtype)
+    return t.pin_memory().to(device, non_blocking=True) if torch.device(device).type == 'cuda' else t.to(device)
+
+
 # %% ../nbs/00_core.ipynb #75e3486f
 def _check_float(tp:Tensor, what:str='MixUp'):
     "Raise the clear error for a batch that must be interpolated but holds integers"

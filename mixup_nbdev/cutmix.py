@@ -9,16 +9,16 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 from .core import *
-from .core import _batch, _bcast, _blendable, _check_float, _const, _like, _mask_targets, _plain, _spatial, _spatial_size, _tup
+from .core import _batch, _bcast, _blendable, _check_float, _const, _like, _mask_targets, _plain, _spatial, _spatial_size, _to, _tup
 from .draws import *
 from .draws import DRAW, _draw, _fits, _mixes, _record
 from .blend import *
 from .blend import _lerp_partner, _mask_paste, _mix_plain, _partner, _paste_batch, _unmixed, _selfless, _where_partner
 
 # %% auto #0
-__all__ = ['draw_mixup', 'draw_cutmix', 'draw_cutmixup', 'MixUpParams', 'mixup_batch', 'CutMixParams', 'cutmix_batch', 'rand_box',
-           'box_lam', 'box_sides', 'box_sides_at', 'box_mask', 'rand_boxes', 'draw_boxes', 'CutMixUpParams',
-           'cutmixup_batch']
+__all__ = ['draw_mixup', 'draw_cutmix', 'draw_cutmixup', 'draw_ricap', 'MixUpParams', 'mixup_batch', 'CutMixParams',
+           'cutmix_batch', 'rand_box', 'box_lam', 'box_sides', 'box_sides_at', 'box_mask', 'rand_boxes', 'draw_boxes',
+           'CutMixUpParams', 'cutmixup_batch', 'RICAPParams', 'ricap_batch']
 
 # %% ../nbs/04_cutmix.ipynb #93ec1c46
 class MixUpParams(NamedTuple):
@@ -308,3 +308,94 @@ def cutmixup_batch(
     return res._replace(xb=tuple(map(mix, xs, xps)), shift=shift)
 
 draw_cutmixup = drawing(cutmixup_batch)
+
+# %% ../nbs/04_cutmix.ipynb #b3e8d045
+class RICAPParams(NamedTuple):
+    "What `ricap_batch` draws for a batch: each sample's four sources and their shares of the pixels, and, on the host, where the tiles meet and where each is cropped from its image: for the batch, or for each sample"
+    sources:Tensor # `(bs, 4)`: the images of the top-left, top-right, bottom-left and bottom-right tiles, itself first
+    weights:Tensor # `(bs, 4)`: each tile's exact share of the pixels
+    size:tuple # The inputs' spatial size `(H, W)`
+    cut:tuple # Where the tiles meet, `(h, w)` from the top-left corner: one pair for the batch, `((h, w),)`, or one per sample
+    corners:tuple # Each tile's top-left corner in its image, `((y, x),)*4`: one set for the batch, or one per sample
+    offsets:tuple|None=None # Partners as offsets: tile `k` of sample `i` shows image `(i + offsets[k]) % bs`; None: as `sources` says
+    @property
+    def shift(self)->Tensor:
+        "The partners of the other three tiles, `(bs, 3)`"
+        return self.sources[:, 1:]
+    @property
+    def lam(self)->Tensor:
+        "Each sample's share of itself, `(bs,)`"
+        return self.weights[:, 0]
+
+def _tiles(h:int, w:int, ch:int, cw:int)->tuple:
+    "The four tiles' rectangles `(y0, y1, x0, x1)`, for tiles meeting at `(ch, cw)` in an image of `(h, w)`"
+    return (0, ch, 0, cw), (0, ch, cw, w), (ch, h, 0, cw), (ch, h, cw, w)
+
+def _draw_ricap(x0, ys, size, alpha, per_sample, p, pairing, shift)->RICAPParams:
+    "RICAP's draws: the three partners (the first is `shift` when given), then, on the host, where the tiles meet and each tile's crop, for the batch or for each sample"
+    alpha, p, pairing = check_alpha(alpha), check_prob(p), check_pairing(pairing)
+    if len(size) != 2: raise ValueError(f"RICAP tiles images, so inputs must be (bs, C, H, W), got spatial size {size}")
+    (h, w), bs, dev = size, x0.shape[0], x0.device
+    parts = [shift if k == 0 and shift is not None else draw_pairing(pairing, ys, bs) for k in range(3)]
+    ids = torch.arange(bs, device=dev)
+    sources = torch.stack([ids, *((ids + d) % bs if isinstance(d, int) else d for d in parts)], 1)
+    offsets = None if any(isinstance(d, Tensor) for d in parts) else (0, *parts)
+    # on the host: the tiles are Python numbers, the copies' bounds, and reading them costs no sync
+    n = bs if per_sample else 1
+    lams, us = sample_lam(alpha, 2*n).view(n, 2).tolist(), uniform(n, 9).tolist()
+    cut, corners, shares = [], [], []
+    for (lh, lw), u in zip(lams, us):
+        ch, cw = (round(h*lh), round(w*lw)) if u[0] < p else (h, w)
+        rects = _tiles(h, w, ch, cw)
+        cut.append((ch, cw))
+        corners.append(tuple((int(u[1+2*k]*(h-y1+y0+1)), int(u[2+2*k]*(w-x1+x0+1))) for k, (y0, y1, x0, x1) in enumerate(rects)))
+        shares.append([(y1-y0)*(x1-x0) / (h*w) for y0, y1, x0, x1 in rects])
+    weights = _to(shares, dev).expand(bs, 4)
+    return RICAPParams(sources, weights, size, tuple(cut), tuple(corners), offsets)
+
+def _tile(tp:Tensor, r:RICAPParams)->Tensor:
+    "`tp` `(bs, ..., H, W)` tiled as `r` says: for the batch four rectangle copies (each in two slices for an offset), per sample four per sample"
+    out, bs, (h, w) = torch.empty_like(tp), tp.shape[0], r.size
+    src = [tp]*4 if r.offsets is not None else [tp[s] for s in r.sources.unbind(1)]  # partners by index: each tile's images, gathered once
+    if len(r.cut) == 1:
+        for k, ((y0, y1, x0, x1), (cy, cx)) in enumerate(zip(_tiles(h, w, *r.cut[0]), r.corners[0])):
+            dst, crop = out[..., y0:y1, x0:x1], src[k][..., cy:cy+y1-y0, cx:cx+x1-x0]
+            if r.offsets is None: dst.copy_(crop)
+            else:
+                d = r.offsets[k]; n = bs - d
+                dst[:n] = crop[d:]; dst[n:] = crop[:d]
+        return out
+    for i, (cut, corners) in enumerate(zip(r.cut, r.corners)):
+        for k, ((y0, y1, x0, x1), (cy, cx)) in enumerate(zip(_tiles(h, w, *cut), corners)):
+            j = i if r.offsets is None else (i + r.offsets[k]) % bs
+            out[i, ..., y0:y1, x0:x1] = src[k][j, ..., cy:cy+y1-y0, cx:cx+x1-x0]
+    return out
+
+def ricap_batch(
+    xb:Tensor|tuple, # Inputs `(bs, C, H, W)`: a tensor, or a tuple of them
+    yb:Tensor|tuple=(), # Targets: a tensor, or a tuple of them
+    alpha:float=.3, # Concentration of `Beta(alpha, alpha)`, where the tiles meet (the paper's β)
+    per_sample:bool=False, # Where the tiles meet and their crops, per sample (True), or one grid for the batch: four rectangle copies, the fastest
+    p:float=1., # Chance that the batch (or, per sample, a sample) is mixed at all
+    y_int:bool=True, # True: keep the targets for `Mixed.loss`, which sums the four sources' losses; False: mix the (float) targets by area
+    mask_targets:bool|tuple|None=None, # Targets to tile like the inputs: None, fastai's `TensorMask`s; True, all with the inputs' spatial size; or their indices
+    pairing:str|LabelKernel='random', # Who is paired with whom: 'random', 'same_class', 'other_class' or a `LabelKernel`
+    shift:int|Tensor|None=None, # The top-right tile's partners, when given (`MixChoice` gives every method the same); the others drawn as `pairing` says
+    params:RICAPParams|None=None # A record from `draw_ricap` to apply, drawing nothing; default: drawn for this batch
+)->Mixed:
+    "RICAP (https://arxiv.org/abs/1811.09030): each sample made of four tiles, random crops of itself and three partners; `sources` and `weights` are the four images and their exact shares of the pixels"
+    per_sample = check_flag(per_sample, 'per_sample')
+    xs, ys = _tup(xb), _tup(yb)
+    x0 = _plain(xs[0]); size = _spatial_size(x0, 'RICAP')
+    bs = x0.shape[0]
+    if bs < 2 and params is None: return _unmixed(*_batch(xs, ys)[:2])  # a batch of one has no partners
+    r = _record(params, RICAPParams, 'draw_ricap', bs) or _draw_ricap(x0, ys, size, alpha, per_sample, p, pairing, shift)
+    if params is DRAW: return r
+    xs, ys, xps, yps = _batch(xs, ys)
+    _fits(r.size == size, 'draw_ricap')
+    masks = _mask_targets(ys, yps, size, mask_targets)
+    xs = tuple(_like(_tile(xp, r), x) if _spatial(xp, bs, size) else x for x, xp in zip(xs, xps))
+    ys = tuple(_like(_tile(yp, r), y) if i in masks else y for i, (y, yp) in enumerate(zip(ys, yps)))
+    return mix_source_targets(ys, r.sources, r.weights, y_int, skip=masks)._replace(xb=xs)
+
+draw_ricap = drawing(ricap_batch)

@@ -9,19 +9,19 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 from .core import *
-from .core import _const, _like, _plain
+from .core import _batch, _const, _to, _like, _mask_targets, _plain, _spatial, _spatial_size, _tup
 from .draws import *
 from .draws import DRAW, _fits, _mixes, _record
 from .blend import *
 from .cutmix import *
 import torch.nn.functional as F
 from .boxes import *
-from .boxes import _cat, _det_in, _keep, _partner_boxes, _to, _visible
+from .boxes import _cat, _det_in, _keep, _partner_boxes, _visible
 
 # %% auto #0
-__all__ = ['draw_mixup_detection', 'draw_cutmix_detection', 'draw_mosaic_detection', 'draw_copy_paste_detection',
-           'mixup_detection', 'cutmix_detection', 'MosaicParams', 'check_mosaic', 'mosaic_detection', 'CopyPasteParams',
-           'copy_paste_detection']
+__all__ = ['draw_mixup_detection', 'draw_cutmix_detection', 'draw_mosaic_detection', 'draw_mosaic_batch',
+           'draw_copy_paste_detection', 'mixup_detection', 'cutmix_detection', 'MosaicParams', 'check_mosaic',
+           'mosaic_detection', 'mosaic_batch', 'CopyPasteParams', 'copy_paste_detection']
 
 # %% ../nbs/07c_detection.ipynb #e0d59a90
 def _det_images(images)->Tensor:
@@ -149,8 +149,8 @@ def _offsets(bs:int, u:list)->list:
     for t in u: res.append(left.pop(int(t*len(left))) if left else res[-1] if res else 0)
     return res
 
-def _draw_mosaic(x0, per_sample, p, scale, centre, mixup_p, mixup_alpha)->MosaicParams:
-    "Mosaic's draws, on the host, for the batch or for each image: whether it is mixed, the three partners' offsets, the centre, the quarters' scales; then MixUp's coin and record"
+def _draw_mosaic(x0, per_sample, p, scale, centre, mixup_p, mixup_alpha, shift=None)->MosaicParams:
+    "Mosaic's draws, on the host, for the batch or for each image: whether it is mixed, the three partners' offsets (the first is `shift` when given), the centre, the quarters' scales; then MixUp's coin and record"
     p, mixup_p = check_prob(p), check_prob(mixup_p, 'mixup_p')
     (lo_s, hi_s), (lo_c, hi_c) = check_mosaic(scale, centre)
     (bs, _, h, w), dev = x0.shape, x0.device
@@ -160,6 +160,7 @@ def _draw_mosaic(x0, per_sample, p, scale, centre, mixup_p, mixup_alpha)->Mosaic
         if per_sample or i == 0:
             v = u[i]
             offsets = tuple(_offsets(bs, v[1:4]))
+            if shift is not None: offsets = (shift % bs, *offsets[1:])
             c = (round(h*(lo_c + v[4]*(hi_c-lo_c))), round(w*(lo_c + v[5]*(hi_c-lo_c)))) if v[0] < p else (h, w)  # (h, w): the image alone
             t = _tiles(h, w, *c, [lo_s + z*(hi_s-lo_s) for z in v[6:10]])
             (y0, y1, x0_, x1), _, _ = t[0]
@@ -240,6 +241,43 @@ def mosaic_detection(
     return out(o, b1, seg1)
 
 draw_mosaic_detection = drawing(mosaic_detection)
+
+# %% ../nbs/07c_detection.ipynb #bfa8c235
+def mosaic_batch(
+    xb:Tensor|tuple, # Images `(bs, C, H, W)`: a tensor, or a tuple of them (each of the first's spatial size is tiled)
+    yb:Tensor|tuple=(), # Targets: class indices or float labels, weighted by area; segmentation masks (`mask_targets`) are tiled
+    per_sample:bool=False, # A grid (centre, scales, partners' offsets) per image (True), or one for the batch: the fastest
+    scale:tuple|None=None, # Resize each quarter's image by a factor uniform in `(lo, hi)`, `lo >= 1`; None: no resizing, the fastest
+    centre:tuple=(.25, .75), # The grid's centre, uniform in this range of the height and of the width
+    p:float=1., # Chance that the batch (or, per sample, an image) becomes a mosaic at all
+    y_int:bool=True, # True: keep the targets for `Mixed.loss`, which sums the four sources' losses; False: mix the (float) targets by area
+    mask_targets:bool|tuple|None=None, # Targets to tile like the images: None, fastai's `TensorMask`s; True, all of the images' spatial size; or their indices
+    shift:int|None=None, # The top-right quarter's partner offset, when given (`MixChoice` gives every method the same); default: drawn
+    params:MosaicParams|None=None # A record from `draw_mosaic_batch` (or `draw_mosaic_detection`) to apply, drawing nothing; default: drawn for this batch
+)->Mixed:
+    "Mosaic (https://arxiv.org/abs/2004.10934) of a classification batch: four images in a 2×2 grid, itself and three partners; `sources` and `weights` are the four images and the exact shares of the pixels each shows"
+    per_sample = check_flag(per_sample, 'per_sample')
+    xs, ys = _tup(xb), _tup(yb)
+    x0 = _plain(xs[0]); size = _spatial_size(x0, 'Mosaic')
+    if len(size) != 2: raise ValueError(f"Mosaic tiles images, so inputs must be (bs, C, H, W), got spatial size {size}")
+    if check_mosaic(scale, centre)[0][0] < 1: raise ValueError(
+        f"scale={scale!r} shrinks some images below their quarter, and the pixels no image covers have no label to weigh: "
+        "give scale=(lo, hi) with lo >= 1, or None")
+    if isinstance(shift, Tensor): raise TypeError(
+        "Mosaic's grids are planned on the host, so its partners are offsets: give `shift` as an int (in `MixChoice`, pairing='random')")
+    r = _record(params, MosaicParams, 'draw_mosaic_batch', x0.shape[0]) or _draw_mosaic(x0, per_sample, p, scale, centre, 0., 1.5, shift)
+    if params is DRAW: return r
+    xs, ys, xps, yps = _batch(xs, ys)
+    _fits(r.size == size and r.mixup is None, 'draw_mosaic_batch')
+    bs, (h, w) = x0.shape[0], size
+    masks = _mask_targets(ys, yps, size, mask_targets)
+    xs = tuple(_like(_place(torch.empty_like(xp), xp, r), x) if _spatial(xp, bs, size) else x for x, xp in zip(xs, xps))
+    ys = tuple(_like(_place(torch.empty_like(yp), yp, r, nearest=True), y) if i in masks else y for i, (y, yp) in enumerate(zip(ys, yps)))
+    rect = r.plan[..., 9:13]  # each quarter's output rectangle, xyxy
+    weights = (rect[..., 2] - rect[..., 0]).clamp(min=0) * (rect[..., 3] - rect[..., 1]).clamp(min=0) / (h*w)
+    return mix_source_targets(ys, r.plan[..., 0].long(), weights, y_int, skip=masks)._replace(xb=xs)
+
+draw_mosaic_batch = drawing(mosaic_batch)
 
 # %% ../nbs/07c_detection.ipynb #b659378b
 class CopyPasteParams(NamedTuple):

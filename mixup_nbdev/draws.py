@@ -253,10 +253,11 @@ def draw_of(
 
 # %% ../nbs/01_draws.ipynb #888cfba2
 def _same(a, b)->bool:
-    "Are `a` and `b` equal: tensors to the bit (dtype and shape included), tuples item by item, dicts key by key, other values by `==`?"
+    "Are `a` and `b` equal: tensors to the bit (dtype and shape included), tuples item by item (and what they keep beside, as a `Mixed` its sources), dicts key by key, other values by `==`?"
     if isinstance(a, Tensor) or isinstance(b, Tensor):
         return isinstance(a, Tensor) and isinstance(b, Tensor) and a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
-    if isinstance(a, (tuple, list)): return isinstance(b, (tuple, list)) and len(a) == len(b) and all(map(_same, a, b))
+    if isinstance(a, (tuple, list)): return (isinstance(b, (tuple, list)) and len(a) == len(b) and all(map(_same, a, b))
+                                             and _same(getattr(a, '__dict__', {}), getattr(b, '__dict__', {})))
     if isinstance(a, dict): return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
     return a == b
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from .core import _like, _plain, _takes, _tup
 
 # %% auto #0
-__all__ = ['reduce_loss', 'takes_reduction', 'none_reduce', 'mix_loss', 'smooth_targets', 'mixed_soft_targets']
+__all__ = ['reduce_loss', 'takes_reduction', 'none_reduce', 'mix_loss', 'sources_loss', 'smooth_targets', 'mixed_soft_targets']
 
 # %% ../nbs/02_loss.ipynb #fbfcfcdb
 def reduce_loss(
@@ -61,30 +61,38 @@ def _loss_weights(loss_func, y:Tensor)->Tensor|None:
 
 _int_targets = (torch.int8, torch.int16, torch.int32, torch.int64)
 
-def _flat_ce_pair(loss_func, pred, yb:tuple, yb1:tuple):
-    "fastai's `CrossEntropyLossFlat` per element for targets `yb` and `yb1` from one `log_softmax`, on plain tensors, with a tensor of its result's type; None where another loss or input needs the loss itself"
+def _flat_ce(loss_func, pred, ybs:tuple):
+    "fastai's `CrossEntropyLossFlat` per element for each of the targets `ybs` from one `log_softmax`, on plain tensors, after a tensor of its result's type; None where another loss or input needs the loss itself"
     f = getattr(loss_func, 'func', None)
-    if not (type(loss_func).__name__ == 'CrossEntropyLossFlat' and type(f) is nn.CrossEntropyLoss and f.weight is None and len(yb) == 1
+    if not (type(loss_func).__name__ == 'CrossEntropyLossFlat' and type(f) is nn.CrossEntropyLoss and f.weight is None and all(len(yb) == 1 for yb in ybs)
             and loss_func.flatten and loss_func.is_2d and not loss_func.floatify and hasattr(loss_func, '_contiguous')): return None
-    y0, y1 = yb[0], yb1[0]
-    if not (isinstance(pred, Tensor) and torch.is_floating_point(pred) and pred.ndim >= 2 and isinstance(y0, Tensor) and isinstance(y1, Tensor)
-            and y0.dtype in _int_targets and y1.dtype in _int_targets and y0.shape == y1.shape): return None
+    ys = [yb[0] for yb in ybs]
+    y0 = ys[0]
+    if not (isinstance(pred, Tensor) and torch.is_floating_point(pred) and pred.ndim >= 2
+            and all(isinstance(y, Tensor) and y.dtype in _int_targets and y.shape == y0.shape for y in ys)): return None
     ax = loss_func.axis
     if ax != -1 and not -y0.ndim <= ax < y0.ndim: return None  # fastai's own error
-    # what fastai's `BaseLoss.__call__` does, once for both targets: the class axis last, everything flattened, targets as int64
+    # what fastai's `BaseLoss.__call__` does, once for all targets: the class axis last, everything flattened, targets as int64
     ref = loss_func._contiguous(pred)
     x = _plain(ref)
     x = x.view(-1, x.shape[-1])
-    y0, y1 = (_plain(y).transpose(ax, -1).reshape(-1).long() for y in (y0, y1))
-    if y0.shape[0] != x.shape[0]: return None  # fastai's own error
+    ys = [_plain(y).transpose(ax, -1).reshape(-1).long() for y in ys]
+    if ys[0].shape[0] != x.shape[0]: return None  # fastai's own error
     lp, ig, eps = F.log_softmax(x, -1), f.ignore_index, f.label_smoothing
     def ce(y):
         "PyTorch's cross entropy with class indices: `nll_loss` of the log-probabilities, and its label smoothing term"
         l = F.nll_loss(lp, y, ignore_index=ig, reduction='none')
         return l if not eps else (1-eps)*l + (-lp.sum(-1)).masked_fill(y == ig, 0.)*(eps/lp.shape[-1])
-    return ref, ce(y0), ce(y1)
+    return (ref, *map(ce, ys))
 
 def _name(f)->str: return getattr(f, '__qualname__', None) or type(f).__name__
+
+def _rows(l:Tensor, bs:int)->Tensor:
+    "A loss with reduction='none' as one row per sample `(bs, n)`, or the clear error"
+    if l.ndim == 0 or l.numel() % bs:
+        raise ValueError(f"with reduction='none' the loss returned shape {tuple(l.shape)}, which can't be split into {bs} samples: "
+                         "it must return one loss per sample, or per element (e.g. per pixel)")
+    return l.reshape(bs, -1)
 
 def mix_loss(
     loss_func, # The original loss: `loss_func(pred, *yb)`
@@ -100,7 +108,7 @@ def mix_loss(
     yb1 = _tup(yb1)
     if isinstance(lam, Tensor) and lam.ndim == 0 and lam.device.type == 'cpu': lam = lam.item()  # one λ for the batch
     red = reduction or getattr(loss_func, 'reduction', 'mean')
-    ls = _flat_ce_pair(loss_func, pred, yb, yb1)
+    ls = _flat_ce(loss_func, pred, (yb, yb1))
     if ls is None and takes_reduction(loss_func):
         with none_reduce(loss_func) as lf: l0,l1 = lf(pred, *yb),lf(pred, *yb1)
         # the arithmetic on plain tensors: each operation on a fastai tensor type costs a `__torch_function__` call
@@ -120,9 +128,7 @@ def mix_loss(
     if isinstance(lam, Tensor) and lam.ndim == 0: lam = lam.expand(l0.shape[0])
     if isinstance(lam, Tensor):
         bs = lam.shape[0]
-        if l0.ndim == 0 or l0.numel() % bs:
-            raise ValueError(f"with reduction='none' the loss returned shape {tuple(l0.shape)}, which can't be split into {bs} samples: "
-                             "it must return one loss per sample, or per element (e.g. per pixel)")
+        _rows(l0, bs)
         # per-pixel losses (possibly flattened, as fastai's `*Flat` losses do) get their sample's λ
         mix = lambda a, b: torch.lerp(b.reshape(bs, -1), a.reshape(bs, -1), lam.to(a.dtype)[:,None]).view_as(a)
     else: mix = lambda a, b: torch.lerp(b, a, lam)
@@ -132,6 +138,38 @@ def mix_loss(
     # a weighted or ignoring 'mean' divides by the targets' total weight: mixed with the same λ as the losses
     return _like((l.sum() / mix(w0.view_as(l0), _loss_weights(loss_func, yb1[0]).view_as(l0)).sum()).to(l.dtype), ref)
 
+
+# %% ../nbs/02_loss.ipynb #4a475051
+def sources_loss(
+    loss_func, # Any loss `loss_func(pred, *yb)` that gives one loss per sample or per element: PyTorch's, fastai's, a per-sample function
+    pred:Tensor, # Model output for the mixed batch
+    yb:Tensor|tuple, # The batch's targets, as they were before mixing
+    sources:Tensor, # Each sample's sources `(bs, K)`, indices into the batch
+    weights:Tensor, # Each source's weight `(bs, K)`; for each sample they sum to 1
+    reduction:str|None=None # Defaults to `loss_func.reduction`, else 'mean'; 'none' for a per-sample function
+)->Tensor:
+    "`Σ_k weights[:, k] * loss(pred, yb[sources[:, k]])` per sample (per element for per-pixel losses), reduced like `loss_func`"
+    yb, bs = _tup(yb), sources.shape[0]
+    ybs = [tuple(_like(_plain(y)[s], y) for y in yb) for s in sources.unbind(1)]
+    red = reduction or getattr(loss_func, 'reduction', 'mean')
+    ls = _flat_ce(loss_func, pred, ybs)
+    if ls is None and takes_reduction(loss_func):
+        with none_reduce(loss_func) as lf: l = [lf(pred, *y) for y in ybs]
+        ls = (l[0], *map(_plain, l))
+    elif ls is None:  # a loss with no `reduction`: it must give per-sample losses itself
+        l = [loss_func(pred, *y) for y in ybs]
+        if l[0].ndim == 0: raise ValueError(
+            f"each sample has its own sources and weights, so the mixed loss needs one loss per sample, but `{_name(loss_func)}` returned one "
+            "number for the batch and has no `reduction` attribute or argument to ask it for more. Pass a per-sample loss "
+            "(e.g. `partial(F.cross_entropy, reduction='none')`), or train on soft targets: `loss_func(pred, m.soft_targets(num_classes))`")
+        ls, red = (l[0], *map(_plain, l)), reduction or 'none'
+    ref, *ls = ls
+    w = weights.to(ls[0].dtype)
+    l = sum(w[:, k, None] * _rows(lk, bs) for k, lk in enumerate(ls)).view_as(ls[0])
+    if red != 'mean' or _loss_weights(loss_func, yb[0]) is None: return _like(reduce_loss(l, red), ref)
+    # a weighted or ignoring 'mean' divides by the targets' total weight: mixed with the same weights as the losses
+    n = sum(w[:, k, None] * _rows(_loss_weights(loss_func, y[0]), bs) for k, y in enumerate(ybs))
+    return _like((l.sum() / n.sum()).to(l.dtype), ref)
 
 # %% ../nbs/02_loss.ipynb #6e1ef049
 def smooth_targets(

@@ -16,7 +16,7 @@ _all_ = ['reduce_loss']  # fastai's `__all__` has it: `from mixup_nbdev.mixup im
 
 # %% auto #0
 __all__ = ['MixHandler', 'MixUp', 'mixed_batch', 'show_mixed', 'CutMix', 'CutMixUp', 'ResizeMix', 'FMix', 'Mosaic', 'MixChoice',
-           'reduce_loss']
+           'RICAP', 'reduce_loss']
 
 # %% ../nbs/09_mixup.ipynb #79e3b74d
 class _MixedLossOnce:
@@ -34,7 +34,7 @@ _from = dict(y_int='stack_y')  # the mixing function's arguments that the callba
 class MixHandler(Callback):
     "A handler class for implementing `MixUp` style scheduling"
     run_valid = False
-    _batch_state = ('lam', 'yb1', 'shift', 'params')
+    _batch_state = ('lam', 'yb1', 'shift', 'params', 'sources', 'source_weights')
     _sched = ('alpha', 'p')  # the arguments that take a schedule
     func = None  # the mixing function of a subclass, e.g. `staticmethod(mixup_batch)`: its settings are the callback's attributes of the same names
     det_func = None  # the function that mixes detection batches (boxes and their labels), e.g. `staticmethod(mixup_detection)`
@@ -78,9 +78,9 @@ class MixHandler(Callback):
             f"`distrib` must be a symmetric Beta(a, a) with one a, got {d!r}: λ is drawn from Beta(alpha, alpha), so set `alpha` instead")
         self.alpha = c.item()
 
-    def _set(self, lam=None, yb1=None, shift=0, params=None, **kwargs):
-        "Set the batch's state: `lam`, `yb1`, `shift`, the record `params`, and `kwargs`"
-        for k,v in dict(lam=lam, yb1=yb1, shift=shift, params=params, **kwargs).items(): setattr(self, k, v)
+    def _set(self, lam=None, yb1=None, shift=0, params=None, sources=None, source_weights=None, **kwargs):
+        "Set the batch's state: `lam`, `yb1`, `shift`, the record `params`, the `sources` and `source_weights` of a mix of more than two, and `kwargs`"
+        for k,v in dict(lam=lam, yb1=yb1, shift=shift, params=params, sources=sources, source_weights=source_weights, **kwargs).items(): setattr(self, k, v)
 
     def _methods(self)->tuple:
         "The mixing callbacks this one holds and mixes through (`MixChoice`'s methods, a wrapper's mixer): set up, started and ended with it"
@@ -157,6 +157,8 @@ class MixHandler(Callback):
         m = self.mix()  # keeps its record as `params`
         self.learn.xb,self.learn.yb = m.xb,m.yb
         self.lam,self.yb1,self.shift = m.lam,m.yb1,m.shift
+        # more than two sources (RICAP, Mosaic): `lf` sums over them; `lam` and `yb1` are their two-source view
+        self.sources,self.source_weights = (m.sources,m.weights) if m.n_sources > 2 else (None,None)
         alone = self_paired(m.shift)
         if alone is not None: self.n_alone = self.n_alone + alone.sum()
 
@@ -170,8 +172,9 @@ class MixHandler(Callback):
     def after_fit(self): self._restore(); self._fresh()
 
     def lf(self, pred, *yb):
-        "The loss of `pred` against `yb` and the partners' targets `yb1`, interpolated with `lam`, reduced like `learn.loss_func`"
+        "The loss of `pred` against `yb` and the partners' targets `yb1`, interpolated with `lam` (or against every source's targets, weighted by `source_weights`), reduced like `learn.loss_func`"
         if not self.training or self.yb1 is None: return self._loss_func()(pred, *yb)
+        if self.sources is not None: return sources_loss(self._loss_func(), pred, yb, self.sources, self.source_weights)
         return mix_loss(self._loss_func(), pred, yb, self.yb1, self.lam)
 
     def __getstate__(self):
@@ -260,8 +263,9 @@ class FMix(MixHandler):
 
 # %% ../nbs/09_mixup.ipynb #5ae2af85
 class Mosaic(MixHandler):
-    "Mosaic (https://arxiv.org/abs/2004.10934): four images in a 2×2 grid at the input's size, their boxes or masks moved, clipped and dropped with their pixels; then, with `mixup_p`, MixUp of the mosaics, as in YOLOX"
+    "Mosaic (https://arxiv.org/abs/2004.10934): four images in a 2×2 grid at the input's size, their boxes or masks moved, clipped and dropped with their pixels (then, with `mixup_p`, MixUp of the mosaics, as in YOLOX), or their class labels weighted by area"
     _sched = ('p', 'mixup_p')
+    func = staticmethod(mosaic_batch)
     det_func = staticmethod(mosaic_detection)
     def __init__(self,
         min_visibility:float=.2, # Drop a box when less than this fraction of its area stays in the output
@@ -279,12 +283,16 @@ class Mosaic(MixHandler):
         self.min_visibility,(self.scale,self.centre) = check_prob(min_visibility, 'min_visibility'),(scale,check_mosaic(scale, centre)[1])
         self.mixup_p,self.mixup_alpha,self.fill = check_sched(mixup_p, 'mixup_p'),check_alpha(mixup_alpha, 'mixup_alpha'),fill
 
-    def mix(self)->Mixed:
-        "The batch's mosaics: its targets must follow their pixels, boxes or segmentation masks (each image has three partners, so `MixChoice` can't give it one)"
-        if not any(_is(t, 'TensorBBox', 'TensorMask') for t in self.learn.yb): raise TypeError(
-            f"Mosaic puts four images into one, so its targets must follow their pixels: boxes (`BBoxBlock`, `BBoxLblBlock`) or segmentation "
-            f"masks (`MaskBlock`), got {', '.join(type(t).__name__ for t in self.learn.yb)}. Class labels: use CutMix, whose λ weighs two labels")
-        return super().mix()._replace(shift=0)  # three partners per image: no one offset or partner index says who
+    def mix(self, shift=None)->Mixed:
+        "The batch's mosaics: boxes and segmentation masks follow their pixels (`mosaic_detection`); class labels are weighted by the area each image shows (`mosaic_batch`), with the top-right partner `shift` when given"
+        if any(_is(t, 'TensorBBox', 'TensorMask') for t in self.learn.yb):
+            if shift is not None: raise ValueError("per sample, MixChoice gives every method the same partners, and Mosaic moves boxes and masks "
+                                                   "from three: choose per batch, MixChoice(..., per_sample=False)")
+            return self._mix_detection()._replace(shift=0)  # three partners per image: no one offset or partner index says who
+        if self.at(self.mixup_p) > 0: raise ValueError(
+            "mixup_p blends the mosaics of a detection batch (YOLOX's), and this batch has class labels: use mixup_p=0, "
+            "or MixChoice(Mosaic(), MixUp()) to mix some batches by each")
+        return super().mix(shift)
 
 # %% ../nbs/09_mixup.ipynb #991b1756
 def _own_mix(cb, xb, yb, **kwargs)->Mixed:
@@ -331,3 +339,12 @@ class MixChoice(MixHandler):
         m = super().mix(shift)
         self.choice = self.params.choice
         return m
+
+# %% ../nbs/09_mixup.ipynb #da16e1d1
+class RICAP(MixHandler):
+    "Implementation of https://arxiv.org/abs/1811.09030: each image made of four random crops, of itself and three partners, its label weighted by their areas"
+    func = staticmethod(ricap_batch)
+    def __init__(self, alpha:float=.3, per_sample:bool=False, p:float=1., stop_pct:float=1., mask_targets:bool|tuple|None=None,
+                 pairing:str|LabelKernel='random'):
+        super().__init__(alpha, p, stop_pct, pairing)
+        self.per_sample,self.mask_targets = check_flag(per_sample, 'per_sample'),mask_targets
