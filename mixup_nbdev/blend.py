@@ -9,14 +9,14 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 from .core import *
-from .core import _bcast, _check_float, _like, _mask_targets, _plain, _spatial, _batch
+from .core import _bcast, check_float, as_type_of, mask_target_ids, as_plain, is_spatial, batch_tensors
 from .draws import *
-from .draws import _mixes
+from .draws import has_partners
 from .loss import *
 
 # %% auto #0
-__all__ = ['partner', 'mix_tensor', 'Mixed', 'mix_targets', 'mix_source_targets', 'paste_box', 'paste_mask', 'mask_lam',
-           'mix_by_mask', 'check_sources']
+__all__ = ['partner', 'mix_tensor', 'Mixed', 'unmix_alone', 'unmixed_batch', 'mix_targets', 'mix_source_targets', 'paste_box',
+           'paste_mask', 'mask_lam', 'paste_batch', 'mask_paster', 'soft_paster', 'mix_by_mask', 'check_sources']
 
 # %% ../nbs/03_blend.ipynb #411e32f4
 def partner(
@@ -24,13 +24,13 @@ def partner(
     shift:int|Tensor # Partner offset from `draw_shift`, or each sample's partner index from `draw_partners`
 )->Tensor:
     "The partners of the samples in `t`: row `i` holds row `(i+shift) % bs`, or row `shift[i]`"
-    return _partner(t, _plain(t), shift) if _mixes(shift) else t
+    return _partner(t, as_plain(t), shift) if has_partners(shift) else t
 
-def _partner(t, tp, shift): return _like(tp[shift] if isinstance(shift, Tensor) else tp.roll(-shift, 0), t)  # `tp`: `t` as a plain tensor
+def _partner(t, tp, shift): return as_type_of(tp[shift] if isinstance(shift, Tensor) else tp.roll(-shift, 0), t)  # `tp`: `t` as a plain tensor
 
 def _mix_plain(t, tp, lam, shift):
     "`mix_tensor` of `t`, given `tp`, its plain tensor"
-    return _like(_lerp_partner(tp, _bcast(lam, tp), shift), t)
+    return as_type_of(_lerp_partner(tp, _bcast(lam, tp), shift), t)
 
 def mix_tensor(
     x:Tensor, # A batch, `(bs, ...)`, floating point
@@ -38,9 +38,9 @@ def mix_tensor(
     shift:int|Tensor # Partner offset from `draw_shift`, or each sample's partner index from `draw_partners`
 )->Tensor:
     "`lam*x + (1-lam)*partner(x, shift)`, reading `x` once and writing the result once"
-    xp = _plain(x)
-    _check_float(xp)
-    return _mix_plain(x, xp, lam, shift) if _mixes(shift) else x
+    xp = as_plain(x)
+    check_float(xp)
+    return _mix_plain(x, xp, lam, shift) if has_partners(shift) else x
 
 def _lerp_rows(xp:Tensor, w:Tensor, shift:int)->Tensor:
     "`w*xp + (1-w)*xp.roll(-shift, 0)` in two `lerp`s (rows that wrap around, and the others), with no rolled copy"
@@ -171,7 +171,10 @@ class Mixed(_MixedFields):
 
 
 # %% ../nbs/03_blend.ipynb #aaaf74de
-def _selfless(lam, shift):
+def unmix_alone(
+    lam:Tensor|float, # Each sample's λ, or one for the batch
+    shift:int|Tensor # Partner offset, or each sample's partner index from `draw_partners`
+)->Tensor|float:
     "`lam` with 1 for the samples paired with themselves (none was eligible): they are left unmixed"
     alone = self_paired(shift)
     if alone is None: return lam
@@ -181,7 +184,11 @@ def _lam(lam)->Tensor:
     "`Mixed.lam`: a tensor, 0-d on the host for one λ of the batch (a float, which a GPU batch uses with no copy)"
     return lam if isinstance(lam, Tensor) else torch.tensor(float(lam))
 
-def _unmixed(xs:tuple, ys:tuple, lam=1.)->Mixed:
+def unmixed_batch(
+    xs:tuple, # Inputs
+    ys:tuple, # Targets
+    lam:Tensor|float=1. # Each sample's λ, 1, as a tensor `(bs,)` or a number
+)->Mixed:
     "The `Mixed` of a batch left as it is"
     return Mixed(xs, ys, None, _lam(lam), 0)
 
@@ -207,8 +214,8 @@ def mix_targets(
     ys = []
     for i,(y,y1) in enumerate(zip(yb, yb1)):
         if i in skip: ys.append(y); continue
-        yp = _floats(_plain(y), i)
-        ys.append(_like(torch.lerp(_plain(y1), yp, _bcast(lam, yp)), y))
+        yp = _floats(as_plain(y), i)
+        ys.append(as_type_of(torch.lerp(as_plain(y1), yp, _bcast(lam, yp)), y))
     return Mixed(None, tuple(ys), None, _lam(lam), 0)
 
 def mix_source_targets(
@@ -228,9 +235,9 @@ def mix_source_targets(
         return Mixed(None, tuple(yb), yb1, lam, shift, sources, weights)
     def mixed(i, y):
         "Target `i` mixed from the sources, `Σ_k w_k y[sources_k]`"
-        yp = _floats(_plain(y), i)
+        yp = _floats(as_plain(y), i)
         w = weights.to(yp.dtype)
-        return _like(sum(w[:, k].view(-1, *[1]*(yp.ndim-1)) * yp[s] for k, s in enumerate(sources.unbind(1))), y)
+        return as_type_of(sum(w[:, k].view(-1, *[1]*(yp.ndim-1)) * yp[s] for k, s in enumerate(sources.unbind(1))), y)
     return Mixed(None, tuple(y if i in skip else mixed(i, y) for i, y in enumerate(yb)), None, lam, shift, sources, weights)
 
 # %% ../nbs/03_blend.ipynb #590dfd5f
@@ -264,18 +271,18 @@ def paste_box(
 )->Tensor:
     "Copy the partners' `box` into each sample of `x`"
     if inplace:
-        v = _plain(x)[(...,) + box]
+        v = as_plain(x)[(...,) + box]
         if isinstance(shift, Tensor): v.copy_(v[shift])
         else: _rotate_rows(v, shift)
         return x
     # into a copy: the partners' box is read from `x` itself, so nothing is kept aside
-    xp = _plain(x); out = xp.clone()
+    xp = as_plain(x); out = xp.clone()
     v, src = out[(...,) + box], xp[(...,) + box]
     if isinstance(shift, Tensor): v.copy_(src[shift])
     else:
         n = src.shape[0] - shift
         v[:n].copy_(src[shift:]); v[n:].copy_(src[:shift])
-    return _like(out, x)
+    return as_type_of(out, x)
 
 # %% ../nbs/03_blend.ipynb #f96a3693
 def paste_mask(
@@ -285,8 +292,8 @@ def paste_mask(
     base:Tensor|None=None # Where `mask` is False take this batch's value instead of `x`'s (e.g. `x` already blended)
 )->Tensor:
     "Where `mask` is True take the partner's value: a new batch, written once, with no gathered copy"
-    xp = _plain(x)
-    return _like(_where_partner(xp, mask, shift, xp if base is None else _plain(base)), x)
+    xp = as_plain(x)
+    return as_type_of(_where_partner(xp, mask, shift, xp if base is None else as_plain(base)), x)
 
 def _over(mask, t):
     "`mask` `(bs, *size)` shaped to broadcast over `t`'s other dimensions, such as its channels"
@@ -308,12 +315,20 @@ def mask_lam(
     "The exact share of each sample that `mask` keeps, `(bs,)`"
     return 1 - mask.flatten(1).float().mean(1)
 
-def _paste_batch(xs, ys, xps, yps, size, paste, lam, shift, y_int, mask_targets)->Mixed:
+def paste_batch(
+    xs:tuple, ys:tuple, xps:tuple, yps:tuple, # The batch, from `batch_tensors`
+    size:tuple, # The inputs' spatial size: inputs and mask targets of that size are pasted
+    paste, # `paste(t, tp)`: `t` (of plain tensor `tp`) with the partners' values pasted, such as `mask_paster(mask, shift)`
+    lam:Tensor|float, # Each sample's kept fraction, or one for the batch
+    shift:int|Tensor, # Partner offset, or each sample's partner index
+    y_int:bool, # True: keep the partners' targets for `Mixed.loss`; False: mix the (float) targets
+    mask_targets:bool|tuple|None # Targets to paste like the inputs, as `mask_target_ids` reads it
+)->Mixed:
     "Paste into every input with spatial size `size`, and into the mask targets, with `paste(t, tp)`; keep or mix the other targets"
     bs = xps[0].shape[0]
-    lam = _selfless(lam, shift)
-    masks = _mask_targets(ys, yps, size, mask_targets)
-    xs = tuple(paste(x, xp) if _spatial(xp, bs, size) else x for x, xp in zip(xs, xps))
+    lam = unmix_alone(lam, shift)
+    masks = mask_target_ids(ys, yps, size, mask_targets)
+    xs = tuple(paste(x, xp) if is_spatial(xp, bs, size) else x for x, xp in zip(xs, xps))
     # masks get the inputs' pastes, so each pixel has its own class: they need no mixing
     ys0 = tuple(paste(y, yp) if i in masks else y for i,(y,yp) in enumerate(zip(ys, yps)))
     ys1 = tuple(y if i in masks else _partner(y, yp, shift) for i,(y,yp) in enumerate(zip(ys0, yps)))
@@ -321,16 +336,22 @@ def _paste_batch(xs, ys, xps, yps, size, paste, lam, shift, y_int, mask_targets)
     if len(masks) == len(ys): res = res._replace(yb1=None)
     return res._replace(xb=xs, shift=shift)
 
-def _mask_paste(mask, shift):
-    "`paste(t, tp)` for `_paste_batch`: the partners' values where `mask` is True"
-    return lambda t, tp: _like(_where_partner(tp, mask, shift, tp), t)
+def mask_paster(
+    mask:Tensor, # `(bs, *size)` booleans, True where the partner's value is taken
+    shift:int|Tensor # Partner offset, or each sample's partner index
+):
+    "`paste(t, tp)` for `paste_batch`: the partners' values where `mask` is True"
+    return lambda t, tp: as_type_of(_where_partner(tp, mask, shift, tp), t)
 
-def _soft_paste(mask, shift):
-    "`paste(t, tp)` for `_paste_batch`: each value blended with its partner's, the partner weighted by the float `mask`"
+def soft_paster(
+    mask:Tensor, # `(bs, *size)` floats: the partner's weight in [0, 1]
+    shift:int|Tensor # Partner offset, or each sample's partner index
+):
+    "`paste(t, tp)` for `paste_batch`: each value blended with its partner's, the partner weighted by the float `mask`"
     own = 1 - mask  # once for every input it blends
     def paste(t, tp):
-        _check_float(tp, 'A soft mask')
-        return _like(_lerp_partner(tp, _over(own, tp).to(tp.dtype), shift), t)
+        check_float(tp, 'A soft mask')
+        return as_type_of(_lerp_partner(tp, _over(own, tp).to(tp.dtype), shift), t)
     return paste
 
 def mix_by_mask(
@@ -343,16 +364,16 @@ def mix_by_mask(
     lam:Tensor|None=None # Each sample's kept fraction when already known; default `mask_lam(mask)`
 )->Mixed:
     "Mix a batch by a mask: every input with the mask's spatial size, and every mask target, takes the partners' values where `mask` is True (or blends them by a soft mask's weights); `lam` is the exact share kept"
-    xs, ys, xps, yps = _batch(xb, yb)
+    xs, ys, xps, yps = batch_tensors(xb, yb)
     if lam is None: lam = mask_lam(mask)
-    if not _mixes(shift): return _unmixed(xs, ys, torch.ones_like(lam))
+    if not has_partners(shift): return unmixed_batch(xs, ys, torch.ones_like(lam))
     size = tuple(mask.shape[1:])
-    if not torch.is_floating_point(mask): paste = _mask_paste(mask, shift)
-    elif _mask_targets(ys, yps, size, mask_targets): raise ValueError(
+    if not torch.is_floating_point(mask): paste = mask_paster(mask, shift)
+    elif mask_target_ids(ys, yps, size, mask_targets): raise ValueError(
         "a soft mask blends values, and a segmentation mask's classes can't be blended: paste masks with a boolean mask, "
         "or pass mask_targets=False to mix those targets as labels")
-    else: paste = _soft_paste(mask, shift)
-    return _paste_batch(xs, ys, xps, yps, size, paste, lam, shift, y_int, mask_targets)
+    else: paste = soft_paster(mask, shift)
+    return paste_batch(xs, ys, xps, yps, size, paste, lam, shift, y_int, mask_targets)
 
 # %% ../nbs/03_blend.ipynb #3ec2c972
 def check_sources(
@@ -368,7 +389,7 @@ def check_sources(
     src, w = m.sources, m.weights
     if src.shape != w.shape or src.shape[0] != bs: raise AssertionError(f"`sources` {tuple(src.shape)} and `weights` {tuple(w.shape)} must both be (bs, K) = ({bs}, K)")
     if not torch.allclose(w.float().sum(1).cpu(), torch.ones(bs), atol=1e-5): raise AssertionError(f"each sample's weights must sum to 1, got {w.sum(1)}")
-    share = _plain(m.xb[0]).float().flatten(2).mean(2).cpu()  # (bs, bs): sample i's share of sample j's pixels
+    share = as_plain(m.xb[0]).float().flatten(2).mean(2).cpu()  # (bs, bs): sample i's share of sample j's pixels
     expect = torch.zeros(bs, bs).scatter_add_(1, src.cpu().long(), w.float().cpu())
     if not torch.allclose(share, expect, atol=1e-5): raise AssertionError(
         f"the sources' weights don't give the mixed pixels: sample {int((share - expect).abs().amax(1).argmax())} holds the shares {share} of the sources, "

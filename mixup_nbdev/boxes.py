@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from .core import *
-from .core import _const, _is, _like, _plain, _to, _tup
+from .core import _const, _is, as_type_of, as_plain, to_device, as_tuple
 from .blend import partner
 
 # %% auto #0
@@ -85,7 +85,7 @@ def pad_targets(
     def pad(t, n): return F.pad(t, (0, 0)*(t.ndim-1) + (0, m-n))
     boxes = torch.stack([pad(t['boxes'].float(), len(t['labels'])) for t in targets])
     labels = torch.stack([pad(t['labels'], len(t['labels'])) for t in targets])
-    valid = torch.arange(m, device=labels.device) < _to([len(t['labels']) for t in targets], labels.device)[:, None]
+    valid = torch.arange(m, device=labels.device) < to_device([len(t['labels']) for t in targets], labels.device)[:, None]
     masks = torch.stack([pad(t['masks'].bool(), len(t['labels'])) for t in targets]) if True in has_masks else None
     weights = torch.stack([pad(t['weights'].float(), len(t['labels'])) for t in targets]) if all('weights' in t for t in targets) and targets else None
     return Boxes(boxes, labels, valid, masks, weights), _bad_boxes(boxes, size)
@@ -99,7 +99,7 @@ def detection_targets(
     yb:tuple # A batch's targets
 )->bool:
     "Does `yb` hold boxes (a fastai `TensorBBox`): a detection batch, which the detection functions mix?"
-    return any(type(t) is not Tensor and _const(('boxes', type(t)), lambda: _is(t, 'TensorBBox')) for t in _tup(yb))
+    return any(type(t) is not Tensor and _const(('boxes', type(t)), lambda: _is(t, 'TensorBBox')) for t in as_tuple(yb))
 
 def _det_in(targets, size:tuple, seg):
     "The targets as `Boxes` (or None), the segmentation masks (or None), and `out(images, boxes, seg)`, the function's result in the convention the targets came in"
@@ -120,15 +120,15 @@ def _det_in(targets, size:tuple, seg):
             if tuple(bb.shape[:2]) != tuple(lb.shape) or bb.shape[-1] != 4: raise ValueError(
                 f"the boxes {tuple(bb.shape)} and labels {tuple(lb.shape)} don't match: a fastai detection batch has boxes (bs, n, 4) and labels (bs, n)")
             # fastai scales boxes to [-1, 1] (x = (pixel x) / (W/2) - 1) and pads with label 0 (`#na#`)
-            half = _const(('half', tuple(size), str(_plain(bb).device)), lambda: _to([size[1] / 2, size[0] / 2]*2, _plain(bb).device))
-            b = Boxes(torch.addcmul(half, _plain(bb), half), _plain(lb), _plain(lb) != 0)
+            half = _const(('half', tuple(size), str(as_plain(bb).device)), lambda: to_device([size[1] / 2, size[0] / 2]*2, as_plain(bb).device))
+            b = Boxes(torch.addcmul(half, as_plain(bb), half), as_plain(lb), as_plain(lb) != 0)
         def out(x1, b1, s1):
             res, c = [], None if b1 is None else _trim(compact(b1))
             for k, t in zip(kinds, targets):
                 if k == 'TensorMask': res.append(s1)
                 else:
-                    res.append(_like(torch.where(c.valid[..., None], c.boxes / half - 1, 0.), bb) if k == 'TensorBBox'
-                               else _like(torch.where(c.valid, c.labels, 0), lb))
+                    res.append(as_type_of(torch.where(c.valid[..., None], c.boxes / half - 1, 0.), bb) if k == 'TensorBBox'
+                               else as_type_of(torch.where(c.valid, c.labels, 0), lb))
             return x1, tuple(res)
         return b, seg, out
     if isinstance(targets, (list, tuple)):

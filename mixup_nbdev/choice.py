@@ -8,11 +8,11 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 from .core import *
-from .core import _batch, _like, _mask_targets, _plain, _takes
+from .core import batch_tensors, as_type_of, mask_target_ids, as_plain, _takes
 from .draws import *
-from .draws import DRAW, _live, _mixes, _record
+from .draws import DRAW, _live, has_partners, given_record
 from .blend import *
-from .blend import _lerp_partner, _selfless, _unmixed
+from .blend import _lerp_partner, unmix_alone, unmixed_batch
 
 # %% auto #0
 __all__ = ['draw_mixchoice', 'MixChoiceParams', 'mixchoice_batch']
@@ -60,12 +60,12 @@ def mixchoice_batch(
     weights, per_sample, pairing = check_weights(weights, len(fs)), check_flag(per_sample, 'per_sample'), check_pairing(pairing)
     if per_sample or isinstance(choice, Tensor):
         for i in _live(weights): _check_takes_shift(fs[i])
-    xs, ys, xps, _ = _batch(xb, yb)
+    xs, ys, xps, _ = batch_tensors(xb, yb)
     x0 = xps[0]; bs = x0.shape[0]
-    r = _record(params, MixChoiceParams, 'draw_mixchoice', bs) or _draw_mixchoice(xs, ys, x0, fs, weights, per_sample, pairing, choice, shift)
+    r = given_record(params, MixChoiceParams, 'draw_mixchoice', bs) or _draw_mixchoice(xs, ys, x0, fs, weights, per_sample, pairing, choice, shift)
     if params is DRAW: return r
     choice, shift, rs = r
-    if choice is None: return _unmixed(xs, ys, torch.ones(bs, device=x0.device) if per_sample else 1.)
+    if choice is None: return unmixed_batch(xs, ys, torch.ones(bs, device=x0.device) if per_sample else 1.)
     if not isinstance(choice, Tensor):  # a function without records draws as it mixes
         f, fr = fs[choice], rs[0]
         return f(xb, yb, params=fr) if fr is not None else f(xb, yb) if shift is None else f(xb, yb, shift=shift)
@@ -77,7 +77,7 @@ def mixchoice_batch(
         "Each sample's row from the result of its own function"
         out = ts[0]
         for i, t in zip(live[1:], ts[1:]):
-            out = _like(torch.where((choice == i).view(bs, *[1]*(out.ndim-1)), _plain(t), _plain(out)), ts[0])
+            out = as_type_of(torch.where((choice == i).view(bs, *[1]*(out.ndim-1)), as_plain(t), as_plain(out)), ts[0])
         return out
     lams = [torch.as_tensor(m.lam, device=x0.device).expand(bs).float() for m in ms]
     yb1 = None if all(m.yb1 is None for m in ms) else tuple(map(pick, zip(*[m.yb if m.yb1 is None else m.yb1 for m in ms])))
@@ -101,14 +101,14 @@ def _setting(f, name:str, default):
 def _blend_choice(xs, ys, xps, fs, ids, choice, shift, rs)->Mixed|None:
     "Per-sample `mixchoice_batch` in one blend, when each record gives each element's weight of its own value (MixUp's, CutMix's, FMix's) in float inputs of one spatial size and no target is pasted; else None"
     x0 = xps[0]
-    if not _mixes(shift) or x0.ndim < 3 or not all(torch.is_floating_point(x) and x.ndim > 2 and x.shape[0] == x0.shape[0]
+    if not has_partners(shift) or x0.ndim < 3 or not all(torch.is_floating_point(x) and x.ndim > 2 and x.shape[0] == x0.shape[0]
                                                  and x.shape[2:] == x0.shape[2:] for x in xps): return None
     ws = [getattr(r, 'own', lambda x: None)(x0) if r is not None else None for r in rs]
     if any(w is None for w in ws) or len({_setting(f, 'y_int', True) for f in fs}) > 1: return None
     # a function that pastes pastes masks too: they can't take a blend's targets
     size = tuple(x0.shape[2:])
-    yps = tuple(map(_plain, ys))
-    if any(w.ndim > 1 and _mask_targets(ys, yps, size, _setting(f, 'mask_targets', None)) for f, w in zip(fs, ws)): return None
+    yps = tuple(map(as_plain, ys))
+    if any(w.ndim > 1 and mask_target_ids(ys, yps, size, _setting(f, 'mask_targets', None)) for f, w in zip(fs, ws)): return None
     bs, d = x0.shape[0], x0.ndim - 2
     own, lam = None, None
     for i, w, r in zip(ids, ws, rs):
@@ -116,7 +116,7 @@ def _blend_choice(xs, ys, xps, fs, ids, choice, shift, rs)->Mixed|None:
         l = r.lam if isinstance(r.lam, Tensor) else torch.full((bs,), r.lam, device=x0.device)
         own = w.expand(bs, *size).float() if own is None else torch.where((choice == i).view(bs, *[1]*d), w, own)
         lam = l.float() if lam is None else torch.where(choice == i, l, lam)
-    lam = _selfless(lam, shift)
+    lam = unmix_alone(lam, shift)
     res = mix_targets(ys, tuple(partner(y, shift) for y in ys), lam, _setting(fs[0], 'y_int', True))
     # every element is `lerp(partner, own value, weight)`: a weight of 0 or 1 copies one of the two exactly
-    return res._replace(xb=tuple(_like(_lerp_partner(xp, own[:,None].to(xp.dtype), shift), x) for x, xp in zip(xs, xps)), shift=shift)
+    return res._replace(xb=tuple(as_type_of(_lerp_partner(xp, own[:,None].to(xp.dtype), shift), x) for x, xp in zip(xs, xps)), shift=shift)

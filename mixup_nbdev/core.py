@@ -11,7 +11,8 @@ from torch import Tensor
 
 # %% auto #0
 __all__ = ['check_alpha', 'check_prob', 'check_flag', 'check_sched', 'check_positive', 'check_soft', 'check_scope',
-           'check_weight', 'check_weights', 'needs_extra']
+           'check_weight', 'check_weights', 'as_plain', 'as_type_of', 'as_tuple', 'batch_tensors', 'to_device',
+           'check_float', 'spatial_size', 'is_spatial', 'mask_target_ids', 'needs_extra']
 
 # %% ../nbs/00_core.ipynb #826a7c60
 def check_alpha(
@@ -132,18 +133,27 @@ def _takes(
         return any(p.name == name or p.kind is p.VAR_KEYWORD for p in ps)
     return _const(('takes', name, key), read)
 
-def _plain(t:Tensor)->Tensor:
+def as_plain(
+    t:Tensor # A tensor, of any subclass
+)->Tensor:
     "`t` as a plain `Tensor` sharing its storage: subclasses such as fastai's `TensorImage` add per-op overhead"
     return t if type(t) is Tensor else t.as_subclass(Tensor)
 
-def _like(out:Tensor, t:Tensor)->Tensor:
+def as_type_of(
+    out:Tensor, # A result computed on plain tensors
+    t:Tensor # The tensor it replaces, whose type (such as fastai's `TensorImage`) it takes
+)->Tensor:
     "`out` with the type and metadata of `t`"
     if type(t) is Tensor or type(out) is type(t): return out
     res = out.as_subclass(type(t))
     res.__dict__.update(getattr(t, '__dict__', {}))
     return res
 
-def _tup(o)->tuple: return tuple(o) if isinstance(o, (tuple, list)) else (o,)
+def as_tuple(
+    o # A tensor, or a tuple or list of them
+)->tuple:
+    "`o` as a tuple: a batch's inputs or targets, one tensor or several"
+    return tuple(o) if isinstance(o, (tuple, list)) else (o,)
 
 def _is(t, *names)->bool:
     "Is `t` of a class called one of `names` (fastai's tensor types, without importing fastai)?"
@@ -163,9 +173,12 @@ def _not_tensor(t, kind:str, i:int):
            else "make it one, e.g. `torch.as_tensor(...)`, with one row per sample")
     return ValueError(f"{kind} {i} is not a tensor but a `{name}`: a batch is a tensor (bs, ...), or a tuple of them; {fix}")
 
-def _batch(xb, yb)->tuple:
-    "Inputs and targets as tuples, with their plain tensors, refusing what can't be mixed: non-tensors, targets without a row per sample, keypoints and boxes"
-    xs, ys = _tup(xb), _tup(yb)
+def batch_tensors(
+    xb:Tensor|tuple, # Inputs: a tensor, or a tuple of them
+    yb:Tensor|tuple # Targets: a tensor, or a tuple of them
+)->tuple:
+    "`(xs, ys, xps, yps)`: inputs and targets as tuples, and their plain tensors (`as_plain`), refusing what can't be mixed: non-tensors, targets without a row per sample, keypoints and boxes"
+    xs, ys = as_tuple(xb), as_tuple(yb)
     if not xs: raise ValueError("the batch has no inputs: pass a tensor (bs, ...), or a tuple of them")
     for kind, ts in (('input', xs), ('target', ys)):
         for i, t in enumerate(ts):
@@ -175,7 +188,7 @@ def _batch(xb, yb)->tuple:
             if _const(('refused', type(t)), lambda: _is(t, 'TensorPoint', 'TensorBBox')): raise TypeError(
                 f"{kind} {i} is a fastai {type(t).__name__}: " + (_BOXES if _is(t, 'TensorBBox') else _POINTS))
     # shapes read from the plain tensors: each attribute of a fastai tensor costs a `__torch_function__` call
-    xps, yps = tuple(map(_plain, xs)), tuple(map(_plain, ys))
+    xps, yps = tuple(map(as_plain, xs)), tuple(map(as_plain, ys))
     if xps[0].ndim == 0: raise ValueError("input 0 is a 0-d tensor: a batch has one row per sample, (bs, ...)")
     bs = xps[0].shape[0]
     for i, y in enumerate(yps):
@@ -184,14 +197,21 @@ def _batch(xb, yb)->tuple:
             "Pass the targets of this batch (are inputs and targets of different batches, or is a target a scalar?)")
     return xs, ys, xps, yps
 
-def _to(values:list, device, dtype=None)->Tensor:
+def to_device(
+    values:list, # Numbers on the host, nested lists for more dimensions
+    device, # The batch's device
+    dtype=None # The tensor's dtype; default: as `torch.tensor` infers it
+)->Tensor:
     "Host values as a tensor on `device`; to a GPU from pinned memory, without waiting for it: no host-device sync"
     t = torch.tensor(values, dtype=dtype)
     return t.pin_memory().to(device, non_blocking=True) if torch.device(device).type == 'cuda' else t.to(device)
 
 
 # %% ../nbs/00_core.ipynb #75e3486f
-def _check_float(tp:Tensor, what:str='MixUp'):
+def check_float(
+    tp:Tensor, # A batch that will be interpolated
+    what:str='MixUp' # The method, for the error message
+):
     "Raise the clear error for a batch that must be interpolated but holds integers"
     if not torch.is_floating_point(tp):
         raise TypeError(f"{what} interpolates inputs, so they must be floating point, got {tp.dtype}. Integer images: convert them first, "
@@ -214,29 +234,41 @@ def _bcast(lam, t:Tensor):
     raise ValueError(f"weights of shape {tuple(lam.shape)} don't fit the batch {tuple(t.shape)}: give one per sample (bs,), one per element of "
                      f"the spatial size (bs, *spatial) = {(bs, *size)}, or a shape that broadcasts to the batch's, such as (bs, 1, *spatial)")
 
-def _spatial_size(x0:Tensor, what:str)->tuple:
+def spatial_size(
+    x0:Tensor, # The first input, `(bs, C, *size)`
+    what:str # The method, for the error message
+)->tuple:
     "The spatial size of inputs `(bs, C, *size)`, or the clear error for inputs without one"
     if x0.ndim < 3: raise ValueError(f"{what} pastes across spatial dimensions, so inputs must be (bs, C, *spatial), got {tuple(x0.shape)}. "
         "1-d signals (bs, L): add a channel dimension, `x[:, None]`; feature vectors have no spatial dimensions: use MixUp")
     return tuple(x0.shape[2:])
 
-def _spatial(tp:Tensor, bs:int, size:tuple)->bool:
+def is_spatial(
+    tp:Tensor, # An input or target, as a plain tensor
+    bs:int, # Batch size
+    size:tuple # The inputs' spatial size
+)->bool:
     "Does `tp` hold `bs` samples whose last dimensions are `size` (an input to paste into, or a mask)?"
     return tp.ndim > len(size) and tp.shape[0] == bs and tuple(tp.shape[-len(size):]) == size
 
-def _mask_targets(ys:tuple, yps:tuple, size:tuple, mask_targets)->list:
+def mask_target_ids(
+    ys:tuple, # Targets
+    yps:tuple, # Their plain tensors
+    size:tuple, # The inputs' spatial size
+    mask_targets:bool|tuple|None # None: fastai's `TensorMask`s; True: all of the inputs' spatial size; False: none; or their indices
+)->list:
     "Indices of the targets to paste like the inputs: fastai's `TensorMask`s, or those `mask_targets` names"
     bs = yps[0].shape[0] if yps else 0
     if mask_targets is None:
         idx = [i for i,y in enumerate(ys) if _is(y, 'TensorMask')]
         for i,yp in enumerate(yps):
-            if i not in idx and not torch.is_floating_point(yp) and _spatial(yp, bs, size) and yp.ndim == len(size)+1: raise ValueError(
+            if i not in idx and not torch.is_floating_point(yp) and is_spatial(yp, bs, size) and yp.ndim == len(size)+1: raise ValueError(
                 f"target {i} is an integer tensor of shape {tuple(yp.shape)}, the inputs' spatial size: is it a segmentation mask? "
                 "Pass `mask_targets=True` (or make it a fastai `TensorMask`) to paste it with the inputs, or `mask_targets=False` to mix it as a label")
     else:
-        idx = [i for i,yp in enumerate(yps) if _spatial(yp, bs, size)] if mask_targets is True else [] if mask_targets is False else list(mask_targets)
+        idx = [i for i,yp in enumerate(yps) if is_spatial(yp, bs, size)] if mask_targets is True else [] if mask_targets is False else list(mask_targets)
     for i in idx:
-        if not _spatial(yps[i], bs, size): raise ValueError(f"target {i} is pasted as a mask, so it must be (bs, ..., *{size}), got {tuple(yps[i].shape)}")
+        if not is_spatial(yps[i], bs, size): raise ValueError(f"target {i} is pasted as a mask, so it must be (bs, ..., *{size}), got {tuple(yps[i].shape)}")
     return idx
 
 # %% ../nbs/00_core.ipynb #377bddd0

@@ -9,11 +9,11 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 from .core import *
-from .core import _batch, _bcast, _blendable, _check_float, _const, _like, _mask_targets, _plain, _spatial, _spatial_size, _to, _tup
+from .core import batch_tensors, _bcast, _blendable, check_float, _const, as_type_of, mask_target_ids, as_plain, is_spatial, spatial_size, to_device, as_tuple
 from .draws import *
-from .draws import DRAW, _draw, _fits, _mixes, _record
+from .draws import DRAW, draw_rows, check_fits, has_partners, given_record
 from .blend import *
-from .blend import _lerp_partner, _mask_paste, _mix_plain, _partner, _paste_batch, _unmixed, _selfless, _where_partner
+from .blend import _lerp_partner, mask_paster, _mix_plain, _partner, paste_batch, unmixed_batch, unmix_alone, _where_partner
 
 # %% auto #0
 __all__ = ['draw_mixup', 'draw_cutmix', 'draw_cutmixup', 'draw_ricap', 'MixUpParams', 'mixup_batch', 'CutMixParams',
@@ -34,8 +34,8 @@ def _draw_mixup(x0, ys, alpha, p, draws, pairing, shift)->MixUpParams:
     alpha, p, pairing = check_alpha(alpha), check_prob(p), check_pairing(pairing)  # a bad alpha would give NaN λ, silently
     bs, dev = x0.shape[0], x0.device
     shift = draw_pairing(pairing, ys, bs) if shift is None else shift
-    lam = _draw(draws, sample_lam, bs, alpha, device=dev, larger=True, p=p)
-    return MixUpParams(shift, _selfless(lam, shift) if _mixes(shift) else torch.ones(bs, device=dev))
+    lam = draw_rows(draws, sample_lam, bs, alpha, device=dev, larger=True, p=p)
+    return MixUpParams(shift, unmix_alone(lam, shift) if has_partners(shift) else torch.ones(bs, device=dev))
 
 def mixup_batch(
     xb:Tensor|tuple, # Inputs: a tensor, or a tuple of them (each `(bs, ...)`)
@@ -49,15 +49,15 @@ def mixup_batch(
     params:MixUpParams|None=None # A record from `draw_mixup` to apply, drawing nothing; default: drawn for this batch
 )->Mixed:
     "MixUp (https://arxiv.org/abs/1710.09412) of a batch: each sample keeps `lam>=0.5` of itself and takes the rest from its partner"
-    xs, ys = _tup(xb), _tup(yb)
-    x0 = _plain(xs[0])
-    r = _record(params, MixUpParams, 'draw_mixup', x0.shape[0]) or _draw_mixup(x0, ys, alpha, p, draws, pairing, shift)
+    xs, ys = as_tuple(xb), as_tuple(yb)
+    x0 = as_plain(xs[0])
+    r = given_record(params, MixUpParams, 'draw_mixup', x0.shape[0]) or _draw_mixup(x0, ys, alpha, p, draws, pairing, shift)
     if params is DRAW: return r  # drawn for any batch: Manifold Mixup mixes hidden layers of models with integer inputs
     # checked, and plain tensors once each, when applied: each attribute of a fastai `TensorImage` costs a `__torch_function__` call
-    xs, ys, xps, _ = _batch(xs, ys)
-    _check_float(x0)
+    xs, ys, xps, _ = batch_tensors(xs, ys)
+    check_float(x0)
     shift, lam = r
-    if not _mixes(shift): return _unmixed(xs, ys, lam)
+    if not has_partners(shift): return unmixed_batch(xs, ys, lam)
     res = mix_targets(ys, tuple(partner(y, shift) for y in ys), lam, y_int)
     return res._replace(xb=tuple(_mix_plain(x, xp, lam, shift) if _blendable(xp, x0.shape[0]) else x for x, xp in zip(xs, xps)), shift=shift)
 
@@ -72,7 +72,7 @@ class CutMixParams(NamedTuple):
     inside:Tensor|None=None # One box per sample, as its sides `(bs, d, max(size))`
     def own(self, x0:Tensor)->Tensor|None:
         "Each element's weight of its own value in a batch like `x0`, False inside its box; None for a batch left unmixed"
-        if not _mixes(self.shift): return None
+        if not has_partners(self.shift): return None
         size = tuple(x0.shape[2:])
         if self.inside is not None: return ~box_mask(self.inside, size)
         own = torch.ones(1, *size, dtype=torch.bool, device=x0.device)
@@ -85,11 +85,11 @@ def _draw_cutmix(x0, ys, size, alpha, per_sample, p, draws, pairing, shift)->Cut
     bs, dev = x0.shape[0], x0.device
     shift = draw_pairing(pairing, ys, bs) if shift is None else shift
     if per_sample:
-        inside, lam = _draw(draws, draw_boxes, bs, size, alpha, device=dev, p=p)
-        return CutMixParams(shift, lam if _mixes(shift) else torch.ones(bs, device=dev), None, inside)
+        inside, lam = draw_rows(draws, draw_boxes, bs, size, alpha, device=dev, p=p)
+        return CutMixParams(shift, lam if has_partners(shift) else torch.ones(bs, device=dev), None, inside)
     if not coin(p): shift = 0
     box = rand_box(size, host_lam(alpha))
-    return CutMixParams(shift, box_lam(size, box) if _mixes(shift) else 1., box)
+    return CutMixParams(shift, box_lam(size, box) if has_partners(shift) else 1., box)
 
 def cutmix_batch(
     xb:Tensor|tuple, # Inputs `(bs, C, *size)`: a tensor, or a tuple of them
@@ -107,21 +107,21 @@ def cutmix_batch(
 )->Mixed:
     "CutMix (https://arxiv.org/abs/1905.04899): paste a box from each sample's partner; `lam` is the exact fraction each sample kept"
     per_sample = check_flag(per_sample, 'per_sample')
-    xs, ys = _tup(xb), _tup(yb)
-    x0 = _plain(xs[0]); size = _spatial_size(x0, 'CutMix')
-    r = _record(params, CutMixParams, 'draw_cutmix', x0.shape[0]) or _draw_cutmix(x0, ys, size, alpha, per_sample, p, draws, pairing, shift)
+    xs, ys = as_tuple(xb), as_tuple(yb)
+    x0 = as_plain(xs[0]); size = spatial_size(x0, 'CutMix')
+    r = given_record(params, CutMixParams, 'draw_cutmix', x0.shape[0]) or _draw_cutmix(x0, ys, size, alpha, per_sample, p, draws, pairing, shift)
     if params is DRAW: return r
-    xs, ys, xps, yps = _batch(xs, ys)  # checked, and plain tensors once each, as in `mixup_batch`
+    xs, ys, xps, yps = batch_tensors(xs, ys)  # checked, and plain tensors once each, as in `mixup_batch`
     shift, lam, box, inside = r
-    if not _mixes(shift): return _unmixed(xs, ys, lam)
-    _fits(tuple(inside.shape[1:]) == (len(size), max(size)) if inside is not None
+    if not has_partners(shift): return unmixed_batch(xs, ys, lam)
+    check_fits(tuple(inside.shape[1:]) == (len(size), max(size)) if inside is not None
           else len(box) == len(size) and all(b.stop <= s for b, s in zip(box, size)), 'draw_cutmix')
-    if inside is not None: paste = _mask_paste(box_mask(inside, size), shift)
+    if inside is not None: paste = mask_paster(box_mask(inside, size), shift)
     else:
         def paste(t, tp):
             out = paste_box(tp, box, shift, inplace)
-            return t if inplace else _like(out, t)
-    return _paste_batch(xs, ys, xps, yps, size, paste, lam, shift, y_int, mask_targets)
+            return t if inplace else as_type_of(out, t)
+    return paste_batch(xs, ys, xps, yps, size, paste, lam, shift, y_int, mask_targets)
 
 draw_cutmix = drawing(cutmix_batch)
 
@@ -249,8 +249,8 @@ def _draw_cutmixup(xs, ys, x0, size, mixup_alpha, cutmix_alpha, switch_prob, per
         return CutMixUpParams(r.shift, r.lam, r)
     bs, dev = x0.shape[0], x0.device
     shift = draw_pairing(pairing, ys, bs) if shift is None else shift
-    cut, lam_mix, inside, kept = _draw(draws, _cutmixup_rows, bs, size, mixup_alpha, cutmix_alpha, switch_prob, device=dev, p=p)
-    lam = _selfless(torch.where(cut, kept, lam_mix), shift) if _mixes(shift) else torch.ones(bs, device=dev)
+    cut, lam_mix, inside, kept = draw_rows(draws, _cutmixup_rows, bs, size, mixup_alpha, cutmix_alpha, switch_prob, device=dev, p=p)
+    lam = unmix_alone(torch.where(cut, kept, lam_mix), shift) if has_partners(shift) else torch.ones(bs, device=dev)
     return CutMixUpParams(shift, lam, None, cut, lam_mix, inside)
 
 def cutmixup_batch(
@@ -271,39 +271,39 @@ def cutmixup_batch(
 )->Mixed:
     "CutMix with probability `switch_prob`, else MixUp, each with its own λ rules, for the whole batch or for each sample"
     per_sample = check_flag(per_sample, 'per_sample')
-    xs, ys, xps, yps = _batch(xb, yb)
-    x0 = xps[0]; bs, size = x0.shape[0], _spatial_size(x0, 'CutMixUp')
-    _check_float(x0, 'CutMixUp')
-    r = _record(params, CutMixUpParams, 'draw_cutmixup', bs) or _draw_cutmixup(
+    xs, ys, xps, yps = batch_tensors(xb, yb)
+    x0 = xps[0]; bs, size = x0.shape[0], spatial_size(x0, 'CutMixUp')
+    check_float(x0, 'CutMixUp')
+    r = given_record(params, CutMixUpParams, 'draw_cutmixup', bs) or _draw_cutmixup(
         xs, ys, x0, size, mixup_alpha, cutmix_alpha, switch_prob, per_sample, p, draws, pairing, shift)
     if params is DRAW: return r
     if r.cut is None:  # per batch: exactly the chosen method's result
-        if r.params is None: return _unmixed(xs, ys)
+        if r.params is None: return unmixed_batch(xs, ys)
         if isinstance(r.params, CutMixParams): return cutmix_batch(xs, ys, y_int=y_int, inplace=inplace, mask_targets=mask_targets, params=r.params)
         return mixup_batch(xs, ys, y_int=y_int, params=r.params)
     shift, lam, _, cut, lam_mix, inside = r
-    if not _mixes(shift): return _unmixed(xs, ys, lam)
-    _fits(tuple(inside.shape[1:]) == (len(size), max(size)), 'draw_cutmixup')
+    if not has_partners(shift): return unmixed_batch(xs, ys, lam)
+    check_fits(tuple(inside.shape[1:]) == (len(size), max(size)), 'draw_cutmixup')
     box = box_mask(inside, size) & cut.view(bs, *[1]*len(size))  # only cut samples take a box
     w = torch.where(cut, 1., lam_mix)  # a blended sample keeps λ of itself, a cut one all of itself outside its box
     own = None
     def mix(t, tp, blend=True):
         "Blend the blended samples and copy the cut samples' boxes, in one pass: each element's weight of its own value is 0 in a box"
         nonlocal own
-        if _spatial(tp, bs, size):
-            if not (blend and torch.is_floating_point(tp)): return _like(_where_partner(tp, box, shift, tp), t)
+        if is_spatial(tp, bs, size):
+            if not (blend and torch.is_floating_point(tp)): return as_type_of(_where_partner(tp, box, shift, tp), t)
             # a weight of 0 copies the partner's value exactly (`lerp`'s rule), so a box is copied, never interpolated
             if own is None: own = torch.where(box, 0., w.view(bs, *[1]*len(size)))
-            return _like(_lerp_partner(tp, own.view(bs, *[1]*(tp.ndim-1-len(size)), *size).to(tp.dtype), shift), t)
+            return as_type_of(_lerp_partner(tp, own.view(bs, *[1]*(tp.ndim-1-len(size)), *size).to(tp.dtype), shift), t)
         return _mix_plain(t, tp, w, shift) if blend and _blendable(tp, bs) else t
-    masks = _mask_targets(ys, yps, size, mask_targets)
+    masks = mask_target_ids(ys, yps, size, mask_targets)
     ys0, ys1 = [], []
     for i,(y,yp) in enumerate(zip(ys, yps)):
         if i not in masks: ys0.append(y); ys1.append(_partner(y, yp, shift)); continue
         # float masks with mixed targets are mixed like the inputs; otherwise a cut sample's mask takes its box and is right
         # pixel by pixel, and a blended sample keeps its own mask and mixes its loss with the partner's
         yc = mix(y, yp, blend=not y_int)
-        ys0.append(yc); ys1.append(_like(torch.where(cut.view(bs, *[1]*(yp.ndim-1)), _plain(yc), _partner(yp, yp, shift)), y))
+        ys0.append(yc); ys1.append(as_type_of(torch.where(cut.view(bs, *[1]*(yp.ndim-1)), as_plain(yc), _partner(yp, yp, shift)), y))
     res = mix_targets(ys0, ys1, lam, y_int, skip=[i for i in masks if torch.is_floating_point(yps[i])])
     return res._replace(xb=tuple(map(mix, xs, xps)), shift=shift)
 
@@ -350,7 +350,7 @@ def _draw_ricap(x0, ys, size, alpha, per_sample, p, pairing, shift)->RICAPParams
         cut.append((ch, cw))
         corners.append(tuple((int(u[1+2*k]*(h-y1+y0+1)), int(u[2+2*k]*(w-x1+x0+1))) for k, (y0, y1, x0, x1) in enumerate(rects)))
         shares.append([(y1-y0)*(x1-x0) / (h*w) for y0, y1, x0, x1 in rects])
-    weights = _to(shares, dev).expand(bs, 4)
+    weights = to_device(shares, dev).expand(bs, 4)
     return RICAPParams(sources, weights, size, tuple(cut), tuple(corners), offsets)
 
 def _tile(tp:Tensor, r:RICAPParams)->Tensor:
@@ -385,17 +385,17 @@ def ricap_batch(
 )->Mixed:
     "RICAP (https://arxiv.org/abs/1811.09030): each sample made of four tiles, random crops of itself and three partners; `sources` and `weights` are the four images and their exact shares of the pixels"
     per_sample = check_flag(per_sample, 'per_sample')
-    xs, ys = _tup(xb), _tup(yb)
-    x0 = _plain(xs[0]); size = _spatial_size(x0, 'RICAP')
+    xs, ys = as_tuple(xb), as_tuple(yb)
+    x0 = as_plain(xs[0]); size = spatial_size(x0, 'RICAP')
     bs = x0.shape[0]
-    if bs < 2 and params is None: return _unmixed(*_batch(xs, ys)[:2])  # a batch of one has no partners
-    r = _record(params, RICAPParams, 'draw_ricap', bs) or _draw_ricap(x0, ys, size, alpha, per_sample, p, pairing, shift)
+    if bs < 2 and params is None: return unmixed_batch(*batch_tensors(xs, ys)[:2])  # a batch of one has no partners
+    r = given_record(params, RICAPParams, 'draw_ricap', bs) or _draw_ricap(x0, ys, size, alpha, per_sample, p, pairing, shift)
     if params is DRAW: return r
-    xs, ys, xps, yps = _batch(xs, ys)
-    _fits(r.size == size, 'draw_ricap')
-    masks = _mask_targets(ys, yps, size, mask_targets)
-    xs = tuple(_like(_tile(xp, r), x) if _spatial(xp, bs, size) else x for x, xp in zip(xs, xps))
-    ys = tuple(_like(_tile(yp, r), y) if i in masks else y for i, (y, yp) in enumerate(zip(ys, yps)))
+    xs, ys, xps, yps = batch_tensors(xs, ys)
+    check_fits(r.size == size, 'draw_ricap')
+    masks = mask_target_ids(ys, yps, size, mask_targets)
+    xs = tuple(as_type_of(_tile(xp, r), x) if is_spatial(xp, bs, size) else x for x, xp in zip(xs, xps))
+    ys = tuple(as_type_of(_tile(yp, r), y) if i in masks else y for i, (y, yp) in enumerate(zip(ys, yps)))
     return mix_source_targets(ys, r.sources, r.weights, y_int, skip=masks)._replace(xb=xs)
 
 draw_ricap = drawing(ricap_batch)

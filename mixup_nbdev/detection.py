@@ -9,9 +9,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 from .core import *
-from .core import _batch, _const, _to, _like, _mask_targets, _plain, _spatial, _spatial_size, _tup
+from .core import batch_tensors, _const, to_device, as_type_of, mask_target_ids, as_plain, is_spatial, spatial_size, as_tuple
 from .draws import *
-from .draws import DRAW, _fits, _mixes, _record
+from .draws import DRAW, check_fits, has_partners, given_record
 from .blend import *
 from .cutmix import *
 import torch.nn.functional as F
@@ -31,7 +31,7 @@ def _det_images(images)->Tensor:
         images = images[0]
     if not isinstance(images, Tensor) or images.ndim != 4: raise ValueError(
         f"detection images must be one tensor (bs, C, H, W), got {type(images).__name__} {tuple(getattr(images, 'shape', ()))}")
-    return images, _plain(images)  # shapes and devices read from the plain tensor: each read of a fastai tensor's costs a `__torch_function__` call
+    return images, as_plain(images)  # shapes and devices read from the plain tensor: each read of a fastai tensor's costs a `__torch_function__` call
 
 # %% ../nbs/07c_detection.ipynb #e18750fd
 def mixup_detection(
@@ -46,7 +46,7 @@ def mixup_detection(
 )->tuple:
     "Detection MixUp (https://arxiv.org/abs/1902.04103, YOLOX): each image blended with its partner with one λ each; it keeps its boxes and gains its partner's"
     img, xp = _det_images(images)
-    r = _record(params, MixUpParams, 'draw_mixup_detection', xp.shape[0]) or draw_mixup(xp, alpha=alpha, p=p, draws=draws, shift=shift)
+    r = given_record(params, MixUpParams, 'draw_mixup_detection', xp.shape[0]) or draw_mixup(xp, alpha=alpha, p=p, draws=draws, shift=shift)
     if params is DRAW: return r
     b, seg, out = _det_in(targets, tuple(xp.shape[2:]), None)
     if seg is not None: raise ValueError("MixUp blends images, and a pixel's class can't be blended: segmentation masks can't follow. Use CutMix, Mosaic or Copy-Paste")
@@ -56,7 +56,7 @@ def _mixup_boxes(b:Boxes, r:MixUpParams, box_weights:bool)->Boxes:
     "Each image's boxes and its partner's (none from the partner of an image left unmixed), weighted λ and 1-λ with `box_weights`"
     shift, lam = r
     def w(bx, l): return l[:, None].expand(bx.labels.shape) * (1 if bx.weights is None else bx.weights)
-    if not _mixes(shift): return b._replace(weights=w(b, lam)) if box_weights else b
+    if not has_partners(shift): return b._replace(weights=w(b, lam)) if box_weights else b
     pb = _partner_boxes(b, shift)
     pb = pb._replace(valid=pb.valid & (lam < 1)[:, None])  # an image left unmixed shows nothing of its partner
     if box_weights: b, pb = b._replace(weights=w(b, lam)), pb._replace(weights=w(pb, 1-lam))
@@ -67,7 +67,7 @@ draw_mixup_detection = drawing(mixup_detection)
 # %% ../nbs/07c_detection.ipynb #f9ac75d0
 def _cut_rect(r:CutMixParams, x0:Tensor)->Tensor:
     "The pasted region of each image, `(bs, 4)` or `(1, 4)` xyxy pixels, from CutMix's record"
-    if r.inside is None: return _to([[r.box[1].start, r.box[0].start, r.box[1].stop, r.box[0].stop]], x0.device, torch.float32)
+    if r.inside is None: return to_device([[r.box[1].start, r.box[0].start, r.box[1].stop, r.box[0].stop]], x0.device, torch.float32)
     lo = r.inside.to(torch.uint8).argmax(-1)  # (bs, 2): the first row and column inside
     return torch.cat([lo, lo + r.inside.sum(-1)], 1).flip(1).roll(2, 1).float()  # (y0, x0, y1, x1) to (x0, y0, x1, y1)
 
@@ -85,11 +85,11 @@ def cutmix_detection(
 )->tuple:
     "Detection CutMix: paste a box of the partner; own boxes shrink to what stays visible, the partner's inside the box are clipped to it, and either is dropped below `min_visibility`"
     img, xp = _det_images(images)
-    r = _record(params, CutMixParams, 'draw_cutmix_detection', xp.shape[0]) or draw_cutmix(xp, (), alpha, per_sample, p, draws=draws, shift=shift)
+    r = given_record(params, CutMixParams, 'draw_cutmix_detection', xp.shape[0]) or draw_cutmix(xp, (), alpha, per_sample, p, draws=draws, shift=shift)
     if params is DRAW: return r
     mv = check_prob(min_visibility, 'min_visibility')
     b, seg, out = _det_in(targets, tuple(xp.shape[2:]), seg_masks)
-    if not _mixes(r.shift): return out(img, b, seg)
+    if not has_partners(r.shift): return out(img, b, seg)
     m = cutmix_batch(img, () if seg is None else (seg,), params=r, mask_targets=(0,) if seg is not None else False)
     seg1 = None if seg is None else m.yb[0]
     if b is None: return out(m.xb[0], None, seg1)
@@ -167,8 +167,8 @@ def _draw_mosaic(x0, per_sample, p, scale, centre, mixup_p, mixup_alpha, shift=N
         src.append((i, *((i + d) % bs for d in offsets))); tiles.append(t); own.append((y1-y0)*(x1-x0_) / (h*w))
         for j, ((y0, y1, x0_, x1), (hs, ws), (oy, ox)) in zip(src[-1], t): plan += [j, ws/w, hs/h, ws/w, hs/h, ox, oy, ox, oy, x0_, y0, x1, y1]
     mix = draw_mixup(x0, alpha=mixup_alpha) if mixup_p > 0 and coin(mixup_p) else None
-    plan = _to(plan, dev).view(bs, 4, 13)
-    return MosaicParams(plan[:, 1:, 0].long(), _to(own, dev), tuple(src), tuple(tiles), plan, (h, w), None if per_sample else offsets, mix)
+    plan = to_device(plan, dev).view(bs, 4, 13)
+    return MosaicParams(plan[:, 1:, 0].long(), to_device(own, dev), tuple(src), tuple(tiles), plan, (h, w), None if per_sample else offsets, mix)
 
 def _resized(t:Tensor, size:tuple, nearest:bool)->Tensor:
     "An image, its masks or its classes `(..., H, W)` resized to `size`, in its own dtype: nearest for masks and classes, else bilinear"
@@ -211,14 +211,14 @@ def mosaic_detection(
     "Mosaic (YOLOv4, https://arxiv.org/abs/2004.10934): four images, the image and three partners, in a 2×2 grid around a random centre, at the input's size; boxes move with their pixels and are clipped, small remains dropped"
     img, xp = _det_images(images)
     (bs, _, h, w) = xp.shape
-    r = _record(params, MosaicParams, 'draw_mosaic_detection', bs) or _draw_mosaic(xp, check_flag(per_sample, 'per_sample'), p, scale, centre, mixup_p, mixup_alpha)
+    r = given_record(params, MosaicParams, 'draw_mosaic_detection', bs) or _draw_mosaic(xp, check_flag(per_sample, 'per_sample'), p, scale, centre, mixup_p, mixup_alpha)
     if params is DRAW: return r
     mv = check_prob(min_visibility, 'min_visibility')
-    _fits(r.size == (h, w), 'draw_mosaic_detection')
+    check_fits(r.size == (h, w), 'draw_mosaic_detection')
     b, seg, out = _det_in(targets, (h, w), seg_masks)
     resized = any(hw != (h, w) for tiles in r.tiles for _, hw, _ in tiles)
     o = _place(torch.full_like(xp, fill) if resized else torch.empty_like(xp), xp, r)
-    seg1 = None if seg is None else _like(_place(torch.zeros_like(_plain(seg)), _plain(seg), r, nearest=True), seg)
+    seg1 = None if seg is None else as_type_of(_place(torch.zeros_like(as_plain(seg)), as_plain(seg), r, nearest=True), seg)
     b1 = None
     if b is not None:
         j, plan = r.plan[..., 0].long(), r.plan[..., None, :].to(b.boxes.dtype)
@@ -234,7 +234,7 @@ def mosaic_detection(
             b4 = b4._replace(masks=m4, boxes=boxes_from_masks(m4))
             vis = m4.flatten(-2).sum(-1) / n0.clamp(min=1)
         b1 = _keep(b4, b4.boxes, vis, mv, b4.masks)
-    o = _like(o, img)
+    o = as_type_of(o, img)
     if r.mixup is not None:
         if seg1 is not None or b1 is None: raise ValueError("Mosaic's MixUp blends images, and a pixel's class can't be blended: with segmentation masks, use mixup_p=0")
         o, b1 = mixup_batch(o, params=r.mixup).xb[0], _mixup_boxes(b1, r.mixup, False)
@@ -257,22 +257,22 @@ def mosaic_batch(
 )->Mixed:
     "Mosaic (https://arxiv.org/abs/2004.10934) of a classification batch: four images in a 2×2 grid, itself and three partners; `sources` and `weights` are the four images and the exact shares of the pixels each shows"
     per_sample = check_flag(per_sample, 'per_sample')
-    xs, ys = _tup(xb), _tup(yb)
-    x0 = _plain(xs[0]); size = _spatial_size(x0, 'Mosaic')
+    xs, ys = as_tuple(xb), as_tuple(yb)
+    x0 = as_plain(xs[0]); size = spatial_size(x0, 'Mosaic')
     if len(size) != 2: raise ValueError(f"Mosaic tiles images, so inputs must be (bs, C, H, W), got spatial size {size}")
     if check_mosaic(scale, centre)[0][0] < 1: raise ValueError(
         f"scale={scale!r} shrinks some images below their quarter, and the pixels no image covers have no label to weigh: "
         "give scale=(lo, hi) with lo >= 1, or None")
     if isinstance(shift, Tensor): raise TypeError(
         "Mosaic's grids are planned on the host, so its partners are offsets: give `shift` as an int (in `MixChoice`, pairing='random')")
-    r = _record(params, MosaicParams, 'draw_mosaic_batch', x0.shape[0]) or _draw_mosaic(x0, per_sample, p, scale, centre, 0., 1.5, shift)
+    r = given_record(params, MosaicParams, 'draw_mosaic_batch', x0.shape[0]) or _draw_mosaic(x0, per_sample, p, scale, centre, 0., 1.5, shift)
     if params is DRAW: return r
-    xs, ys, xps, yps = _batch(xs, ys)
-    _fits(r.size == size and r.mixup is None, 'draw_mosaic_batch')
+    xs, ys, xps, yps = batch_tensors(xs, ys)
+    check_fits(r.size == size and r.mixup is None, 'draw_mosaic_batch')
     bs, (h, w) = x0.shape[0], size
-    masks = _mask_targets(ys, yps, size, mask_targets)
-    xs = tuple(_like(_place(torch.empty_like(xp), xp, r), x) if _spatial(xp, bs, size) else x for x, xp in zip(xs, xps))
-    ys = tuple(_like(_place(torch.empty_like(yp), yp, r, nearest=True), y) if i in masks else y for i, (y, yp) in enumerate(zip(ys, yps)))
+    masks = mask_target_ids(ys, yps, size, mask_targets)
+    xs = tuple(as_type_of(_place(torch.empty_like(xp), xp, r), x) if is_spatial(xp, bs, size) else x for x, xp in zip(xs, xps))
+    ys = tuple(as_type_of(_place(torch.empty_like(yp), yp, r, nearest=True), y) if i in masks else y for i, (y, yp) in enumerate(zip(ys, yps)))
     rect = r.plan[..., 9:13]  # each quarter's output rectangle, xyxy
     weights = (rect[..., 2] - rect[..., 0]).clamp(min=0) * (rect[..., 3] - rect[..., 1]).clamp(min=0) / (h*w)
     return mix_source_targets(ys, r.plan[..., 0].long(), weights, y_int, skip=masks)._replace(xb=xs)
@@ -307,11 +307,11 @@ def copy_paste_detection(
     img, xp = _det_images(images)
     b, seg, out = _det_in(targets, tuple(xp.shape[2:]), seg_masks)
     if b is None or b.masks is None: raise ValueError("Copy-Paste pastes instances by their masks: give each target its instance masks, `masks` (n, H, W)")
-    r = _record(params, CopyPasteParams, 'draw_copy_paste_detection', xp.shape[0]) or _draw_copy_paste(xp, b, p, paste_p, shift)
+    r = given_record(params, CopyPasteParams, 'draw_copy_paste_detection', xp.shape[0]) or _draw_copy_paste(xp, b, p, paste_p, shift)
     if params is DRAW: return r
     mv = check_prob(min_visibility, 'min_visibility')
-    _fits(tuple(r.pick.shape) == tuple(b.labels.shape), 'draw_copy_paste_detection')
-    if not _mixes(r.shift): return out(img, b, seg)
+    check_fits(tuple(r.pick.shape) == tuple(b.labels.shape), 'draw_copy_paste_detection')
+    if not has_partners(r.shift): return out(img, b, seg)
     pb = _partner_boxes(b, r.shift)
     pb = pb._replace(valid=pb.valid & r.pick)
     paste = (pb.masks & pb.valid[..., None, None]).any(1)  # (bs, H, W): the pixels the pasted instances cover

@@ -10,12 +10,12 @@ import torch
 from torch import Tensor
 from torch.distributions import Beta
 from .core import *
-from .core import _const, _plain
+from .core import _const, as_plain
 
 # %% auto #0
-__all__ = ['DRAW', 'uniform', 'normal', 'coin', 'draw_int', 'sample_lam', 'host_lam', 'draw_shift', 'self_paired', 'LabelKernel',
-           'check_pairing', 'draw_partners', 'draw_pairing', 'DrawAhead', 'draw_choice', 'drawing', 'draw_of',
-           'check_record', 'mixing']
+__all__ = ['DRAW', 'uniform', 'normal', 'coin', 'draw_int', 'sample_lam', 'host_lam', 'draw_shift', 'has_partners', 'self_paired',
+           'LabelKernel', 'check_pairing', 'draw_partners', 'draw_pairing', 'DrawAhead', 'draw_rows', 'draw_choice',
+           'given_record', 'check_fits', 'drawing', 'draw_of', 'check_record', 'mixing']
 
 # %% ../nbs/01_draws.ipynb #70a3157e
 def uniform(
@@ -78,7 +78,9 @@ def draw_shift(
     "Draw the partner offset, uniform in `1..bs-1` (0 for a batch of one), on the host"
     return draw_int(1, bs) if bs > 1 else 0
 
-def _mixes(shift)->bool:
+def has_partners(
+    shift:int|Tensor # Partner offset, or each sample's partner index
+)->bool:
     "Does `shift` pair samples with others (a batch of one has offset 0, and is left as it is)?"
     return isinstance(shift, Tensor) or shift != 0
 
@@ -99,13 +101,13 @@ class LabelKernel:
         self.bandwidth = float(bandwidth)
     def __call__(self, y:Tensor)->Tensor:
         "Log-weights `(bs, bs)` of each pair, from the regression targets `y`, `(bs,)` or `(bs, k)`"
-        y = _plain(y).float().reshape(y.shape[0], -1)
+        y = as_plain(y).float().reshape(y.shape[0], -1)
         return -torch.cdist(y, y).square() / (2*self.bandwidth**2)
     def __repr__(self): return f'LabelKernel({self.bandwidth})'
 
 def _classes(y:Tensor)->Tensor:
     "Class indices from class-index or one-hot (or soft) targets"
-    yp = _plain(y)
+    yp = as_plain(y)
     if yp.ndim == 1 and not torch.is_floating_point(yp): return yp
     if yp.ndim == 2: return yp.argmax(1)
     raise ValueError(f"pairing by class needs class indices (bs,) or one-hot targets (bs, n_classes), got a {yp.dtype} target of shape {tuple(yp.shape)}: "
@@ -183,7 +185,12 @@ class DrawAhead:
         "Pickle the settings, not the draws"
         return {**self.__dict__, 'key':None, 'buf':(), 'i':0, 'size':0}
 
-def _draw(draws:DrawAhead|None, f, n:int, *args, **kwargs):
+def draw_rows(
+    draws:DrawAhead|None, # Draws made ahead, or None to draw now
+    f, # Draws rows: `f(*args, n=m, **kwargs)`, such as `sample_lam` or `draw_boxes`
+    n:int, # How many rows (samples) this batch needs
+    *args, **kwargs # For `f`
+):
     "`f`'s draws for `n` samples: from `draws` when given, else drawn now"
     return f(*args, n=n, **kwargs) if draws is None else draws(f, n, *args, **kwargs)
 
@@ -211,7 +218,12 @@ class _Draw:
     def __repr__(self): return 'DRAW'
 DRAW = _Draw()
 
-def _record(params, cls, name:str, bs:int):
+def given_record(
+    params, # What the mixing function was given as `params`: a record, None or `DRAW`
+    cls:type, # The method's record type, such as `CutMixParams`
+    name:str, # The method's draw function, for the error message, such as 'draw_cutmix'
+    bs:int # The batch's size
+):
     "`params` when it is a record of type `cls` for a batch of `bs` samples; None when the function must draw one; else the clear error"
     if params is None or params is DRAW: return None
     if not isinstance(params, cls): raise TypeError(f"`params` must be a {cls.__name__}, the record `{name}` returns, got {type(params).__name__}")
@@ -221,7 +233,10 @@ def _record(params, cls, name:str, bs:int):
         f"`params` is the record of a batch of {n or f'more than {shift}'} samples, and this batch has {bs}: draw this batch's with `{name}`")
     return params
 
-def _fits(ok:bool, name:str):
+def check_fits(
+    ok:bool, # Does the record fit the batch's spatial size?
+    name:str # The method's draw function, for the error message
+):
     "Refuse a record drawn for inputs of another spatial size"
     if not ok: raise ValueError(f"`params` was drawn for inputs of another spatial size than this batch's: draw this batch's with `{name}`")
 
@@ -236,7 +251,7 @@ def drawing(
     def draw(*args, **kwargs): return f(*args, params=DRAW, **kwargs)
     draw.__signature__ = sig.replace(parameters=[p for p in sig.parameters.values() if p.name != 'params'],
                                      return_annotation=sig.parameters['params'].annotation)
-    draw.__name__ = draw.__qualname__ = 'draw_' + f.__name__.removesuffix('_batch')
+    draw.__name__ = draw.__qualname__ = 'draw_' + f.__name__.removesuffix('batch_tensors')
     draw.__module__, draw.__delwrap__ = f.__module__, f  # the docments of its arguments are `f`'s
     draw.__doc__ = f"What `{f.__name__}` draws for a batch, as the record that `{f.__name__}(..., params=...)` applies"
     f.draw = draw

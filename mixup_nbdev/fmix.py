@@ -9,11 +9,11 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 from .core import *
-from .core import _batch, _check_float, _const, _like, _mask_targets, _spatial_size
+from .core import batch_tensors, check_float, _const, as_type_of, mask_target_ids, spatial_size
 from .draws import *
-from .draws import DRAW, _draw, _fits, _mixes, _record
+from .draws import DRAW, draw_rows, check_fits, has_partners, given_record
 from .blend import *
-from .blend import _lerp_partner, _mask_paste, _paste_batch, _unmixed
+from .blend import _lerp_partner, mask_paster, paste_batch, unmixed_batch
 
 # %% auto #0
 __all__ = ['draw_fmix', 'FMixParams', 'fmix_batch', 'fourier_noise', 'fmix_mask']
@@ -26,7 +26,7 @@ class FMixParams(NamedTuple):
     take:Tensor|None=None # `(1 or bs, *size)`: True where the partner's value is taken; with soft edges, the partner's weight
     def own(self, x0:Tensor)->Tensor|None:
         "Each element's weight of its own value in a batch like `x0`; None for a batch left unmixed"
-        if not _mixes(self.shift): return None
+        if not has_partners(self.shift): return None
         return ~self.take if self.take.dtype == torch.bool else 1 - self.take
 
 def _kept(lam, n:int):
@@ -40,13 +40,13 @@ def _draw_fmix(x0, ys, size, alpha, decay_power, max_soft, per_sample, p, draws,
     bs, dev, n = x0.shape[0], x0.device, math.prod(size)
     shift = draw_pairing(pairing, ys, bs) if shift is None else shift
     if per_sample:
-        lam = _draw(draws, sample_lam, bs, alpha, device=dev, p=p)
-        if not _mixes(shift): return FMixParams(0, torch.ones(bs, device=dev))
+        lam = draw_rows(draws, sample_lam, bs, alpha, device=dev, p=p)
+        if not has_partners(shift): return FMixParams(0, torch.ones(bs, device=dev))
         k = _kept(lam, n)
         return FMixParams(shift, k / n, _fmix_take(fourier_noise(size, bs, decay_power, dev), k, max_soft))
     if not coin(p): shift = 0
     k = _kept(host_lam(alpha), n)
-    if not _mixes(shift): return FMixParams(0, 1.)
+    if not has_partners(shift): return FMixParams(0, 1.)
     # one mask for the batch, seen by every sample through a stride 0 dimension
     return FMixParams(shift, k / n, _fmix_take(fourier_noise(size, 1, decay_power, dev), torch.full((1,), float(k), device=dev), max_soft))
 
@@ -67,19 +67,19 @@ def fmix_batch(
 )->Mixed:
     "FMix (https://arxiv.org/abs/2002.12047): each sample takes its partner's values where low-frequency noise is lowest; `lam` is the exact fraction it kept"
     per_sample = check_flag(per_sample, 'per_sample')
-    xs, ys, xps, yps = _batch(xb, yb)
-    x0 = xps[0]; bs, size = x0.shape[0], _spatial_size(x0, 'FMix')
-    r = _record(params, FMixParams, 'draw_fmix', bs) or _draw_fmix(x0, ys, size, alpha, decay_power, max_soft, per_sample, p, draws, pairing, shift)
+    xs, ys, xps, yps = batch_tensors(xb, yb)
+    x0 = xps[0]; bs, size = x0.shape[0], spatial_size(x0, 'FMix')
+    r = given_record(params, FMixParams, 'draw_fmix', bs) or _draw_fmix(x0, ys, size, alpha, decay_power, max_soft, per_sample, p, draws, pairing, shift)
     if params is DRAW: return r
     shift, lam, take = r
     soft = take is not None and take.dtype != torch.bool
-    if (soft or max_soft) and _mask_targets(ys, yps, size, mask_targets): raise ValueError(
+    if (soft or max_soft) and mask_target_ids(ys, yps, size, mask_targets): raise ValueError(
         "FMix with max_soft > 0 blends the values along the mask's edge, and a segmentation mask's classes can't be blended: "
         "use max_soft=0 with mask targets (or `mask_targets=False` to mix them as labels)")
-    if not _mixes(shift): return _unmixed(xs, ys, lam)
-    _fits(tuple(take.shape[1:]) == size, 'draw_fmix')
-    paste = _fmix_lerp(take, shift) if soft else _mask_paste(take.expand(bs, *size), shift)
-    return _paste_batch(xs, ys, xps, yps, size, paste, lam, shift, y_int, mask_targets)
+    if not has_partners(shift): return unmixed_batch(xs, ys, lam)
+    check_fits(tuple(take.shape[1:]) == size, 'draw_fmix')
+    paste = _fmix_lerp(take, shift) if soft else mask_paster(take.expand(bs, *size), shift)
+    return paste_batch(xs, ys, xps, yps, size, paste, lam, shift, y_int, mask_targets)
 
 draw_fmix = drawing(fmix_batch)
 
@@ -137,11 +137,11 @@ def _fmix_lerp(
     take:Tensor, # The partner's weight `(1 or bs, *size)`, from `_fmix_take`
     shift:int|Tensor # Partner offset from `draw_shift`, or each sample's partner index
 ):
-    "`paste(t, tp)` for `_paste_batch` with a soft mask: each element blended with its partner's, `take` (one row, or one per sample) the partner's weight"
+    "`paste(t, tp)` for `paste_batch` with a soft mask: each element blended with its partner's, `take` (one row, or one per sample) the partner's weight"
     d = take.ndim - 1
     def paste(t, tp):
-        _check_float(tp, "FMix with max_soft > 0 (it blends values across the mask's edge)")
+        check_float(tp, "FMix with max_soft > 0 (it blends values across the mask's edge)")
         w = torch.rsub(take, 1).to(tp.dtype)
         w = w.view(w.shape[0], *[1]*(tp.ndim-d-1), *w.shape[1:]).expand(tp.shape[0], *[1]*(tp.ndim-d-1), *w.shape[1:])
-        return _like(_lerp_partner(tp, w, shift), t)
+        return as_type_of(_lerp_partner(tp, w, shift), t)
     return paste

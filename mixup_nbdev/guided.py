@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from .core import *
-from .core import _batch, _const, _plain, _spatial_size
+from .core import batch_tensors, _const, as_plain, spatial_size
 from .draws import *
-from .draws import DRAW, _draw, _fits, _mixes, _record
+from .draws import DRAW, draw_rows, check_fits, has_partners, given_record
 from .blend import *
-from .blend import _mask_paste, _paste_batch, _unmixed
+from .blend import mask_paster, paste_batch, unmixed_batch
 from .cutmix import *
 
 # %% auto #0
@@ -34,7 +34,7 @@ def saliency_map(
     scale:int=64 # The side of the square, in pixels, the saliency is computed at: the method's own scale
 )->Tensor:
     "Spectral-residual saliency (https://doi.org/10.1109/CVPR.2007.383267) of each image, `(bs, H, W)` in [0, 1], on its device: computed on the image in gray at `scale`×`scale` pixels, as OpenCV's `StaticSaliencySpectralResidual` does, then resized back"
-    x = _plain(x)
+    x = as_plain(x)
     if x.ndim != 4: raise ValueError(f"saliency_map takes images (bs, C, H, W), got {tuple(x.shape)}: for signals or volumes, give "
                                      "SaliencyMix a map of your own, `saliency=`")
     h, w = x.shape[2:]
@@ -59,7 +59,7 @@ class SaliencyMixParams(NamedTuple):
     at:Tensor|None=None # The element each box holds, `(bs, d)`: the partner's saliency peak
     def own(self, x0:Tensor)->Tensor|None:
         "Each element's weight of its own value in a batch like `x0`, False inside its box; None for a batch left unmixed"
-        return ~box_mask(self.inside, tuple(x0.shape[2:])) if _mixes(self.shift) else None
+        return ~box_mask(self.inside, tuple(x0.shape[2:])) if has_partners(self.shift) else None
 
 def _saliency(x0:Tensor, size:tuple, saliency)->Tensor:
     "The map `(bs, *size)` SaliencyMix places boxes by: `saliency_map`, or the map (or the function of the batch) given"
@@ -78,11 +78,11 @@ def _draw_saliencymix(x0, ys, size, alpha, per_sample, p, draws, pairing, salien
     alpha, p, pairing = check_alpha(alpha), check_prob(p), check_pairing(pairing)
     bs, dev = x0.shape[0], x0.device
     shift = draw_pairing(pairing, ys, bs) if shift is None else shift
-    if per_sample: lam = _draw(draws, sample_lam, bs, alpha, device=dev, p=p)
+    if per_sample: lam = draw_rows(draws, sample_lam, bs, alpha, device=dev, p=p)
     else:
         if not coin(p): shift = 0
         lam = torch.full((bs,), host_lam(alpha), device=dev)
-    if not _mixes(shift): return SaliencyMixParams(0, torch.ones(bs, device=dev))
+    if not has_partners(shift): return SaliencyMixParams(0, torch.ones(bs, device=dev))
     # each sample's partner's peak, found once per image: a sample may be the partner of several
     peak = torch.stack(torch.unravel_index(_saliency(x0, size, saliency).flatten(1).argmax(1), size), 1)
     at = partner(peak, shift)
@@ -105,15 +105,15 @@ def saliencymix_batch(
 )->Mixed:
     "SaliencyMix (https://arxiv.org/abs/2006.01791): paste a box of about `1-λ` of each partner, centred on the partner's saliency peak, at the same place; `lam` is the exact fraction each sample kept"
     per_sample = check_flag(per_sample, 'per_sample')
-    xs, ys, xps, yps = _batch(xb, yb)
-    x0 = xps[0]; bs, size = x0.shape[0], _spatial_size(x0, 'SaliencyMix')
-    r = _record(params, SaliencyMixParams, 'draw_saliencymix', bs) or _draw_saliencymix(
+    xs, ys, xps, yps = batch_tensors(xb, yb)
+    x0 = xps[0]; bs, size = x0.shape[0], spatial_size(x0, 'SaliencyMix')
+    r = given_record(params, SaliencyMixParams, 'draw_saliencymix', bs) or _draw_saliencymix(
         x0, ys, size, alpha, per_sample, p, draws, pairing, saliency, shift)
     if params is DRAW: return r
     shift, lam, inside, _ = r
-    if not _mixes(shift): return _unmixed(xs, ys, lam)
-    _fits(tuple(inside.shape[1:]) == (len(size), max(size)), 'draw_saliencymix')
-    return _paste_batch(xs, ys, xps, yps, size, _mask_paste(box_mask(inside, size), shift), lam, shift, y_int, mask_targets)
+    if not has_partners(shift): return unmixed_batch(xs, ys, lam)
+    check_fits(tuple(inside.shape[1:]) == (len(size), max(size)), 'draw_saliencymix')
+    return paste_batch(xs, ys, xps, yps, size, mask_paster(box_mask(inside, size), shift), lam, shift, y_int, mask_targets)
 
 draw_saliencymix = drawing(saliencymix_batch)
 

@@ -10,7 +10,7 @@ from .core import needs_extra
 needs_extra('mixup_nbdev.guided_mixup')
 from fastai.basics import *
 from .functional import *
-from .core import _like, _plain
+from .core import as_type_of, as_plain
 from .guided import _remix, _remix_pairs
 from .mixup import MixHandler, _MixedLossOnce
 from .manifold import ManifoldMixup, OutputMixup, _BatchHook
@@ -130,8 +130,8 @@ def _check_mixer(mixer, who:str)->MixHandler|None:
 
 def _cat(t:Tensor, tm:Tensor)->Tensor:
     "The clean batch `t` followed by its mixed copy `tm`, as `t`'s type"
-    tm = _plain(tm)
-    return _like(torch.cat([_plain(t), tm.to(t.dtype) if torch.is_floating_point(tm) else tm]), t)
+    tm = as_plain(tm)
+    return as_type_of(torch.cat([as_plain(t), tm.to(t.dtype) if torch.is_floating_point(tm) else tm]), t)
 
 class RegMixup(MixHandler):
     "Implementation of https://arxiv.org/abs/2206.14502: train on each batch and its mixed copy, the mixed loss, times `eta`, a regulariser beside the clean loss"
@@ -191,7 +191,7 @@ def class_counts(
         f"the training targets are {ys.dtype} {tuple(ys.shape)}, not one class index per sample: give the counts, `counts=`")
     vocab = getattr(dls, 'vocab', None)
     n = n_classes or (len(vocab) if vocab is not None and not isinstance(vocab[0], (list, L)) else 0)
-    return torch.bincount(_plain(ys).long(), minlength=n)
+    return torch.bincount(as_plain(ys).long(), minlength=n)
 
 class Remix(MixHandler):
     "Implementation of https://arxiv.org/abs/2007.03943: `mixer`'s mixes, with each label given to the minority class when the classes' counts are far enough apart"
@@ -228,7 +228,7 @@ class Remix(MixHandler):
         "The mixer's batch (its record kept as `params`), `lam` the label weights of `remix_lam`"
         m = _base_mix(self, shift)
         if m.yb1 is None: return m
-        y, y1 = _plain(m.yb[0]), _plain(m.yb1[0])
+        y, y1 = as_plain(m.yb[0]), as_plain(m.yb1[0])
         if y.ndim != 1 or torch.is_floating_point(y): raise TypeError(
             f"Remix gives a mix's label to its minority class, so targets must be class indices (bs,), got {y.dtype} {tuple(y.shape)}")
         if self._pairs is None or self._pairs[0].device != y.device: self._pairs = _remix_pairs(self._counts.to(y.device), self.kappa)

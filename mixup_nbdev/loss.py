@@ -8,7 +8,7 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 import torch.nn.functional as F
-from .core import _like, _plain, _takes, _tup
+from .core import as_type_of, as_plain, _takes, as_tuple
 
 # %% auto #0
 __all__ = ['reduce_loss', 'takes_reduction', 'none_reduce', 'mix_loss', 'sources_loss', 'smooth_targets', 'mixed_soft_targets']
@@ -51,7 +51,7 @@ def _loss_weights(loss_func, y:Tensor)->Tensor|None:
         "fastai's `LabelSmoothingCrossEntropy` with `weight` averages its two terms over different totals, so no mixed loss can reduce like it. "
         "Use `CrossEntropyLossFlat(weight=w, label_smoothing=eps)` (PyTorch's), which mixes exactly")
     if not isinstance(f, (nn.CrossEntropyLoss, nn.NLLLoss)): return None
-    y = _plain(y)
+    y = as_plain(y)
     if getattr(loss_func, 'func', None) is f:  # fastai's flattening: the class axis moved last, targets flattened
         y = y.transpose(loss_func.axis, -1) if y.ndim > 1 else y
         if loss_func.flatten: y = y.reshape(-1)
@@ -74,9 +74,9 @@ def _flat_ce(loss_func, pred, ybs:tuple):
     if ax != -1 and not -y0.ndim <= ax < y0.ndim: return None  # fastai's own error
     # what fastai's `BaseLoss.__call__` does, once for all targets: the class axis last, everything flattened, targets as int64
     ref = loss_func._contiguous(pred)
-    x = _plain(ref)
+    x = as_plain(ref)
     x = x.view(-1, x.shape[-1])
-    ys = [_plain(y).transpose(ax, -1).reshape(-1).long() for y in ys]
+    ys = [as_plain(y).transpose(ax, -1).reshape(-1).long() for y in ys]
     if ys[0].shape[0] != x.shape[0]: return None  # fastai's own error
     lp, ig, eps = F.log_softmax(x, -1), f.ignore_index, f.label_smoothing
     def ce(y):
@@ -103,16 +103,16 @@ def mix_loss(
     reduction:str|None=None # Defaults to `loss_func.reduction`, else 'mean'; 'none' for a loss that gives per-sample losses itself
 )->Tensor:
     "`lam*loss(pred, yb) + (1-lam)*loss(pred, yb1)` per sample (per element for per-pixel losses), reduced like `loss_func`"
-    yb = _tup(yb)
+    yb = as_tuple(yb)
     if yb1 is None: return loss_func(pred, *yb)
-    yb1 = _tup(yb1)
+    yb1 = as_tuple(yb1)
     if isinstance(lam, Tensor) and lam.ndim == 0 and lam.device.type == 'cpu': lam = lam.item()  # one λ for the batch
     red = reduction or getattr(loss_func, 'reduction', 'mean')
     ls = _flat_ce(loss_func, pred, (yb, yb1))
     if ls is None and takes_reduction(loss_func):
         with none_reduce(loss_func) as lf: l0,l1 = lf(pred, *yb),lf(pred, *yb1)
         # the arithmetic on plain tensors: each operation on a fastai tensor type costs a `__torch_function__` call
-        ls = l0, _plain(l0), _plain(l1)
+        ls = l0, as_plain(l0), as_plain(l1)
     elif ls is None:  # a loss with no `reduction`: it gives per-sample losses itself, or reduces them
         l0, l1 = loss_func(pred, *yb), loss_func(pred, *yb1)
         if l0.ndim == 0:
@@ -123,7 +123,7 @@ def mix_loss(
                 "or train on soft targets: `loss_func(pred, m.soft_targets(num_classes))`")
             # one λ for the batch: the mean (or sum) of the mixed losses is the mix of the two means (or sums), exactly
             return torch.lerp(l1, l0, lam)
-        ls, red = (l0, _plain(l0), _plain(l1)), reduction or 'none'
+        ls, red = (l0, as_plain(l0), as_plain(l1)), reduction or 'none'
     ref, l0, l1 = ls
     if isinstance(lam, Tensor) and lam.ndim == 0: lam = lam.expand(l0.shape[0])
     if isinstance(lam, Tensor):
@@ -134,9 +134,9 @@ def mix_loss(
     else: mix = lambda a, b: torch.lerp(b, a, lam)
     l = mix(l0, l1)
     w0 = _loss_weights(loss_func, yb[0]) if red == 'mean' else None
-    if w0 is None: return _like(reduce_loss(l, red), ref)
+    if w0 is None: return as_type_of(reduce_loss(l, red), ref)
     # a weighted or ignoring 'mean' divides by the targets' total weight: mixed with the same λ as the losses
-    return _like((l.sum() / mix(w0.view_as(l0), _loss_weights(loss_func, yb1[0]).view_as(l0)).sum()).to(l.dtype), ref)
+    return as_type_of((l.sum() / mix(w0.view_as(l0), _loss_weights(loss_func, yb1[0]).view_as(l0)).sum()).to(l.dtype), ref)
 
 
 # %% ../nbs/02_loss.ipynb #4a475051
@@ -149,27 +149,27 @@ def sources_loss(
     reduction:str|None=None # Defaults to `loss_func.reduction`, else 'mean'; 'none' for a per-sample function
 )->Tensor:
     "`Σ_k weights[:, k] * loss(pred, yb[sources[:, k]])` per sample (per element for per-pixel losses), reduced like `loss_func`"
-    yb, bs = _tup(yb), sources.shape[0]
-    ybs = [tuple(_like(_plain(y)[s], y) for y in yb) for s in sources.unbind(1)]
+    yb, bs = as_tuple(yb), sources.shape[0]
+    ybs = [tuple(as_type_of(as_plain(y)[s], y) for y in yb) for s in sources.unbind(1)]
     red = reduction or getattr(loss_func, 'reduction', 'mean')
     ls = _flat_ce(loss_func, pred, ybs)
     if ls is None and takes_reduction(loss_func):
         with none_reduce(loss_func) as lf: l = [lf(pred, *y) for y in ybs]
-        ls = (l[0], *map(_plain, l))
+        ls = (l[0], *map(as_plain, l))
     elif ls is None:  # a loss with no `reduction`: it must give per-sample losses itself
         l = [loss_func(pred, *y) for y in ybs]
         if l[0].ndim == 0: raise ValueError(
             f"each sample has its own sources and weights, so the mixed loss needs one loss per sample, but `{_name(loss_func)}` returned one "
             "number for the batch and has no `reduction` attribute or argument to ask it for more. Pass a per-sample loss "
             "(e.g. `partial(F.cross_entropy, reduction='none')`), or train on soft targets: `loss_func(pred, m.soft_targets(num_classes))`")
-        ls, red = (l[0], *map(_plain, l)), reduction or 'none'
+        ls, red = (l[0], *map(as_plain, l)), reduction or 'none'
     ref, *ls = ls
     w = weights.to(ls[0].dtype)
     l = sum(w[:, k, None] * _rows(lk, bs) for k, lk in enumerate(ls)).view_as(ls[0])
-    if red != 'mean' or _loss_weights(loss_func, yb[0]) is None: return _like(reduce_loss(l, red), ref)
+    if red != 'mean' or _loss_weights(loss_func, yb[0]) is None: return as_type_of(reduce_loss(l, red), ref)
     # a weighted or ignoring 'mean' divides by the targets' total weight: mixed with the same weights as the losses
     n = sum(w[:, k, None] * _rows(_loss_weights(loss_func, y[0]), bs) for k, y in enumerate(ybs))
-    return _like((l.sum() / n.sum()).to(l.dtype), ref)
+    return as_type_of((l.sum() / n.sum()).to(l.dtype), ref)
 
 # %% ../nbs/02_loss.ipynb #6e1ef049
 def smooth_targets(
@@ -179,7 +179,7 @@ def smooth_targets(
     multi_label:bool=False # The targets are independent labels (multi-hot), smoothed towards 0.5
 )->Tensor:
     "`y` as label-smoothed probabilities `(bs, num_classes, *)`: one-hot rows for class indices, floats as they are, in float32 (or `y`'s float dtype)"
-    yp = _plain(y)
+    yp = as_plain(y)
     if not 0 <= label_smoothing <= 1: raise ValueError(f"`label_smoothing` must be in [0, 1], got {label_smoothing!r}")
     if yp.ndim == 0: raise ValueError(f"soft targets need one target per sample, got a 0-d tensor {yp!r}")
     if torch.is_floating_point(yp):
@@ -207,7 +207,7 @@ def mixed_soft_targets(
     multi_label:bool=False # Multi-hot targets, smoothed towards 0.5
 )->Tensor:
     "The soft targets of samples mixed from several sources: `Σ_k weights[k] * smooth_targets(ys[k])`"
-    yps = [_plain(y) for y in ys]
+    yps = [as_plain(y) for y in ys]
     if any(torch.is_floating_point(y) for y in yps) or multi_label:
         ss = [smooth_targets(y, num_classes, label_smoothing, multi_label) for y in yps]
         return sum(s * _weight(w, s[:, :1]) for s, w in zip(ss, weights))

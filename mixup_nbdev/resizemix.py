@@ -10,11 +10,11 @@ import torch
 from torch import Tensor
 import torch.nn.functional as F
 from .core import *
-from .core import _batch, _const, _like, _mask_targets, _spatial_size
+from .core import batch_tensors, _const, as_type_of, mask_target_ids, spatial_size
 from .draws import *
-from .draws import DRAW, _draw, _fits, _mixes, _record
+from .draws import DRAW, draw_rows, check_fits, has_partners, given_record
 from .blend import *
-from .blend import _paste_batch, _unmixed, _where_partner
+from .blend import paste_batch, unmixed_batch, _where_partner
 from .cutmix import *
 from .cutmix import _cut, _sizes
 
@@ -36,12 +36,12 @@ def _draw_resizemix(x0, ys, size, alpha, scope, per_sample, p, draws, pairing, s
     bs, dev = x0.shape[0], x0.device
     shift = draw_pairing(pairing, ys, bs) if shift is None else shift
     if per_sample:
-        cut, corner, lam = _draw(draws, draw_resize_boxes, bs, size, alpha, scope, device=dev, p=p)
-        return ResizeMixParams(shift, lam if _mixes(shift) else torch.ones(bs, device=dev), cut, None, corner)
+        cut, corner, lam = draw_rows(draws, draw_resize_boxes, bs, size, alpha, scope, device=dev, p=p)
+        return ResizeMixParams(shift, lam if has_partners(shift) else torch.ones(bs, device=dev), cut, None, corner)
     if not coin(p): shift = 0
     cut = _cut(size, scope[0] + (scope[1]-scope[0]) * host_lam(alpha))
     if 0 in cut: shift = 0  # an empty box: nothing to paste
-    if not _mixes(shift): return ResizeMixParams(0, 1.)
+    if not has_partners(shift): return ResizeMixParams(0, 1.)
     box = tuple(slice(o, o+c) for o, c in ((draw_int(0, s-c+1), c) for s, c in zip(size, cut)))
     return ResizeMixParams(shift, box_lam(size, box), cut, box)
 
@@ -62,15 +62,15 @@ def resizemix_batch(
 )->Mixed:
     "ResizeMix (https://arxiv.org/abs/2012.11101): paste each sample's whole partner, resized, into a box; `lam` is the exact fraction each sample kept"
     per_sample = check_flag(per_sample, 'per_sample')
-    xs, ys, xps, yps = _batch(xb, yb)
-    x0 = xps[0]; bs, size = x0.shape[0], _spatial_size(x0, 'ResizeMix')
-    r = _record(params, ResizeMixParams, 'draw_resizemix', bs) or _draw_resizemix(x0, ys, size, alpha, scope, per_sample, p, draws, pairing, shift)
+    xs, ys, xps, yps = batch_tensors(xb, yb)
+    x0 = xps[0]; bs, size = x0.shape[0], spatial_size(x0, 'ResizeMix')
+    r = given_record(params, ResizeMixParams, 'draw_resizemix', bs) or _draw_resizemix(x0, ys, size, alpha, scope, per_sample, p, draws, pairing, shift)
     if params is DRAW: return r
     shift, lam, cut, box, corner = r
-    if not _mixes(shift): return _unmixed(xs, ys, lam)
-    _fits(cut.shape[1] == len(size) if corner is not None else len(box) == len(size) and all(b.stop <= s for b, s in zip(box, size)), 'draw_resizemix')
+    if not has_partners(shift): return unmixed_batch(xs, ys, lam)
+    check_fits(cut.shape[1] == len(size) if corner is not None else len(box) == len(size) and all(b.stop <= s for b, s in zip(box, size)), 'draw_resizemix')
     # masks keep their classes: resized with nearest, like integer inputs; float inputs (bi/tri)linearly
-    masks = {id(yps[i]) for i in _mask_targets(ys, yps, size, mask_targets)}
+    masks = {id(yps[i]) for i in mask_target_ids(ys, yps, size, mask_targets)}
     nearest = lambda tp: id(tp) in masks or not torch.is_floating_point(tp)
     if corner is not None:
         inside, k, c = _resize_axes(size, cut, corner)
@@ -78,16 +78,16 @@ def resizemix_batch(
         if isinstance(shift, Tensor):  # partner indices: a sample may be the partner of several, each with its own box
             # a sample paired with itself (none was eligible) is left as it is, not shrunk into its own box
             mask = mask & ~self_paired(shift).view(bs, *[1]*len(size))
-            paste = lambda t, tp: _like(torch.where(mask.view(bs, *[1]*(tp.ndim-mask.ndim), *size),
+            paste = lambda t, tp: as_type_of(torch.where(mask.view(bs, *[1]*(tp.ndim-mask.ndim), *size),
                                                     _resize_per_sample(tp[shift], k, c, nearest(tp)), tp), t)
         else:
             # sample `j` is pasted into sample `j-shift`'s box: resize it to that box, in place, and paste with one `where`
             kr, cr = k.roll(shift, 0), c.roll(shift, 0)
-            paste = lambda t, tp: _like(_where_partner(_resize_per_sample(tp, kr, cr, nearest(tp)), mask, shift, tp), t)
+            paste = lambda t, tp: as_type_of(_where_partner(_resize_per_sample(tp, kr, cr, nearest(tp)), mask, shift, tp), t)
     else:
         # the partners are resized before anything is pasted, so pasting in place reads no pasted value
         paste = lambda t, tp: _paste_resized(t, tp, _resize_box(tp, cut, nearest(tp)), box, shift, inplace)
-    return _paste_batch(xs, ys, xps, yps, size, paste, lam, shift, y_int, mask_targets)
+    return paste_batch(xs, ys, xps, yps, size, paste, lam, shift, y_int, mask_targets)
 
 draw_resizemix = drawing(resizemix_batch)
 
@@ -212,4 +212,4 @@ def _paste_resized(
         n = tp.shape[0]-shift
         out[:n][inner] = small[shift:]
         out[n:][inner] = small[:shift]
-    return t if inplace else _like(out, t)
+    return t if inplace else as_type_of(out, t)

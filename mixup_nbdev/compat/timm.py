@@ -10,11 +10,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import default_collate
 from ..core import *
-from ..core import _batch, _const, _plain
+from ..core import batch_tensors, _const, as_plain
 from ..draws import *
-from ..draws import _mixes
+from ..draws import has_partners
 from ..blend import *
-from ..blend import _unmixed
+from ..blend import unmixed_batch
 from ..cutmix import *
 from ..cutmix import _sides, _sizes
 
@@ -131,7 +131,7 @@ class Mixup:
         "One draw per sample (or per pair, or for the first half of the batch), on its device; None when the batch is left as it is"
         bs, size, dev = x0.shape[0], tuple(x0.shape[2:]), x0.device
         shift = half_partners(bs, pairs, dev)
-        if not self.mixup_enabled or not _mixes(shift): return None
+        if not self.mixup_enabled or not has_partners(shift): return None
         n = bs//2 if pairs or half else bs
         on = uniform(n, device=dev) < self.mix_prob
         cut = (uniform(n, device=dev) < self.switch_prob) if self.mixup_alpha and self.cutmix_alpha else torch.full((n,), bool(self.cutmix_alpha), device=dev)
@@ -160,7 +160,7 @@ class Mixup:
         x:Tensor # The images, `(bs, C, H, W)` (or `(bs, C, *spatial)`)
     ):
         "The record of this batch's mixing, drawn as the mode says: what `__call__` applies; None when the batch is left as it is"
-        return self._draw(_batch(x, ())[2][0])
+        return self._draw(batch_tensors(x, ())[2][0])
 
     def _draw(self, x0:Tensor):
         if self.mode == 'batch': return self._params_per_batch(x0)
@@ -176,9 +176,9 @@ class Mixup:
         if isinstance(target, Tensor):  # as timm: class indices as integers, multi-hot labels as floats
             if self.multi_label: target = target.float()
             elif torch.is_floating_point(target) and target.ndim == 1: target = target.long()
-        xs, ys, xps, yps = _batch(x, target)
+        xs, ys, xps, yps = batch_tensors(x, target)
         r = self._draw(xps[0]) if params is None else params
-        if r is None: return _unmixed(xs, ys)
+        if r is None: return unmixed_batch(xs, ys)
         f = mixup_batch if isinstance(r, MixUpParams) else cutmix_batch if isinstance(r, CutMixParams) else cutmixup_batch
         return f(xs, ys, params=r, **({} if f is mixup_batch else dict(mask_targets=False)))
 

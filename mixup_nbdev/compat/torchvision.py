@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten, tree_unflatten
 from ..core import *
-from ..core import _const, _like
+from ..core import _const, as_type_of
 from ..draws import *
 from ..blend import *
 from ..cutmix import *
@@ -103,7 +103,7 @@ class _MixTransform(nn.Module):
         # a video's frames share the box: (bs, T, C, H, W) mixed as (bs, T*C, H, W)
         imgs = [flat[i].flatten(1, 2) if flat[i].ndim == 5 else flat[i] for i in idx]
         r = self.draw(imgs[0]) if imgs else None
-        for i, x in zip(idx, imgs): flat[i] = _like(self.mix_images(x, r).view_as(flat[i]), flat[i])
+        for i, x in zip(idx, imgs): flat[i] = as_type_of(self.mix_images(x, r).view_as(flat[i]), flat[i])
         il = next(i for i, t in enumerate(flat) if t is labels)
         flat[il] = (mix_targets((y,), (partner(y, r.shift),), r.lam, True) if r is not None else Mixed(None, (y,), None, 1., 0)).soft_targets(self.num_classes)
         return tree_unflatten(flat, spec)
