@@ -2,7 +2,7 @@
 
 Development only: it needs nbdev, so it is not part of the package. `bash tools/setup.sh` puts this folder on the
 development venv's path (a .pth file), where nbdev's `show_doc` imports it. Explained, with its tests, on the
-docs page *API tables* (nbs/17_showdoc.ipynb).
+docs page *API tables* (nbs/21_showdoc.ipynb).
 """
 from __future__ import annotations
 import inspect
