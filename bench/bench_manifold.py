@@ -114,7 +114,7 @@ def layer_costs(shapes, rounds, warmup=20):
 def _plain_loss(call):
     "`call` with the mixed loss computed without its fast path: `CrossEntropyLossFlat` called for the targets and for the partners' targets"
     from bench_mix import patched, defining_module
-    return patched(defining_module('_flat_ce_pair'), '_flat_ce_pair', lambda *a: None, call)()
+    return patched(defining_module('_flat_ce'), '_flat_ce', lambda *a: None, call)()
 
 def fits(dls_fn, rounds, epochs):
     "Seconds of `fit_one_cycle(epochs)` of each variant's learner, in a new random order every round; overheads paired by round"
