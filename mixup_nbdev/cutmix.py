@@ -336,10 +336,7 @@ def _draw_ricap(x0, ys, size, alpha, per_sample, p, pairing, shift)->RICAPParams
     alpha, p, pairing = check_alpha(alpha), check_prob(p), check_pairing(pairing)
     if len(size) != 2: raise ValueError(f"RICAP tiles images, so inputs must be (bs, C, H, W), got spatial size {size}")
     (h, w), bs, dev = size, x0.shape[0], x0.device
-    parts = [shift if k == 0 and shift is not None else draw_pairing(pairing, ys, bs) for k in range(3)]
-    ids = torch.arange(bs, device=dev)
-    sources = torch.stack([ids, *((ids + d) % bs if isinstance(d, int) else d for d in parts)], 1)
-    offsets = None if any(isinstance(d, Tensor) for d in parts) else (0, *parts)
+    sources, offsets = draw_sources(pairing, ys, bs, 4, dev, shift)
     # on the host: the tiles are Python numbers, the copies' bounds, and reading them costs no sync
     n = bs if per_sample else 1
     lams, us = sample_lam(alpha, 2*n).view(n, 2).tolist(), uniform(n, 9).tolist()

@@ -14,8 +14,8 @@ from .core import _const, as_plain
 
 # %% auto #0
 __all__ = ['DRAW', 'uniform', 'normal', 'coin', 'draw_int', 'sample_lam', 'host_lam', 'draw_shift', 'has_partners', 'self_paired',
-           'LabelKernel', 'check_pairing', 'draw_partners', 'draw_pairing', 'DrawAhead', 'draw_rows', 'draw_choice',
-           'given_record', 'check_fits', 'drawing', 'draw_of', 'check_record', 'mixing']
+           'LabelKernel', 'check_pairing', 'draw_partners', 'draw_pairing', 'draw_sources', 'DrawAhead', 'draw_rows',
+           'draw_choice', 'given_record', 'check_fits', 'drawing', 'draw_of', 'check_record', 'mixing']
 
 # %% ../nbs/01_draws.ipynb #70a3157e
 def uniform(
@@ -146,6 +146,21 @@ def draw_pairing(
     if pairing == 'random' or bs < 2: return draw_shift(bs)
     if not yb: raise ValueError(f"pairing={pairing!r} pairs samples by their targets, but the batch has none")
     return draw_partners(yb[0], pairing)
+
+def draw_sources(
+    pairing:str|LabelKernel, # 'random', 'same_class', 'other_class' or a `LabelKernel`
+    yb:tuple, # The batch's targets: pairing by them reads the first
+    bs:int, # Batch size
+    k:int, # How many sources each sample has, itself included
+    device=None, # The batch's device
+    shift:int|Tensor|None=None # The first partner, when given (`MixChoice` gives every method the same); the others drawn
+)->tuple:
+    "Each sample's `k` sources `(bs, k)`, itself first and `k-1` partners drawn as `draw_pairing` draws them; and their offsets `(0, d1, ...)`, or None when some are partner indices"
+    parts = [shift if i == 0 and shift is not None else draw_pairing(pairing, yb, bs) for i in range(k-1)]
+    ids = torch.arange(bs, device=device)
+    sources = torch.stack([ids, *((ids + d) % bs if isinstance(d, int) else d for d in parts)], 1)
+    return sources, None if any(isinstance(d, Tensor) for d in parts) else (0, *parts)
+
 
 # %% ../nbs/01_draws.ipynb #20e922f7
 class DrawAhead:
