@@ -1,4 +1,5 @@
-"""The `show_doc` renderer of the docs site (settings.ini: `renderer = mixup_nbdev_docs.TableRenderer`).
+"""The `show_doc` renderer of the docs site (settings.ini: `renderer = mixup_nbdev_docs.TableRenderer`), and its
+links from backticked names (settings.ini: `procs = mixup_nbdev_docs:PageLinks`, in place of nbdev's `add_links`).
 
 Development only: it needs nbdev, so it is not part of the package. `bash tools/setup.sh` puts this folder on the
 development venv's path (a .pth file), where nbdev's `show_doc` imports it. Explained, with its tests, on the
@@ -10,7 +11,7 @@ from fastcore.docments import DocmentTbl, _bold, _list2row, _maybe_nm, docments
 from nbdev.doclinks import NbdevLookup
 from nbdev.showdoc import BasicMarkdownRenderer
 
-__all__ = ['TableRenderer']
+__all__ = ['TableRenderer', 'PageLinks']
 
 
 def _param(p:inspect.Parameter)->str:
@@ -63,3 +64,32 @@ class TableRenderer(BasicMarkdownRenderer):
         try: tbl = _Table(self.sym)._repr_markdown_()
         except (TypeError, ValueError): tbl = ''  # no signature (a property, a builtin)
         return md + tbl
+
+
+def _page_module(nb)->str|None:
+    "The module a notebook exports to (its `default_exp`), or None"
+    for c in nb.cells:
+        exp = getattr(c, 'directives_', {}).get('default_exp')
+        if exp: return exp[0]
+    return None
+
+
+class PageLinks:
+    """nbdev's `add_links` (backticked names link to their docs), where a name defined in several modules links to
+    this page's own, else to the one outside `compat`: `MixUp` is the fastai callback, but on the torchvision drop-in's
+    page its `MixUp`. nbdev links the module first in alphabetical order."""
+    def __init__(self, nb):
+        self.nl = NbdevLookup()
+        self.nl.syms = dict(self.nl.syms)  # nbdev caches the table that every page shares
+        lib = self.nl.entries.get('mixup_nbdev', {}).get('syms', {})
+        here = _page_module(nb)
+        here = here and f'mixup_nbdev.{here}'
+        rank = lambda m: (m != here, '.compat.' in m, m)
+        for mod in sorted(lib, key=rank, reverse=True):  # the most preferred module is written last, so it wins
+            self.nl.syms.update({k.removeprefix(f'{mod}.'): v for k, v in lib[mod].items()})
+
+    def __call__(self, cell):
+        if cell.cell_type == 'markdown': cell.source = self.nl.linkify(cell.source)
+        for o in cell.get('outputs', []):
+            if hasattr(o, 'data') and hasattr(o['data'], 'text/markdown'):
+                o.data['text/markdown'] = [self.nl.link_line(s) for s in o.data['text/markdown']]
