@@ -87,7 +87,7 @@ def _draw_cutmix(x0, ys, size, alpha, per_sample, p, draws, pairing, shift)->Cut
     if per_sample:
         inside, lam = draw_rows(draws, draw_boxes, bs, size, alpha, device=dev, p=p)
         return CutMixParams(shift, lam if has_partners(shift) else torch.ones(bs, device=dev), None, inside)
-    if not coin(p): shift = 0
+    if not draw_coin(p): shift = 0
     box = rand_box(size, host_lam(alpha))
     return CutMixParams(shift, box_lam(size, box) if has_partners(shift) else 1., box)
 
@@ -171,7 +171,7 @@ def box_sides(
     # all dimensions at once, in as few operations as can be (each costs more than its arithmetic on small batches):
     # (bs, d) sides of `cut` pixels, around centres `c2/2` uniform in each dimension
     cut = _cut(sz, lam)
-    return _sides(size, cut, uniform(bs, d, device=dev) * (2*sz))
+    return _sides(size, cut, draw_uniform(bs, d, device=dev) * (2*sz))
 
 def _sides(size:tuple, cut:Tensor, c2:Tensor)->tuple:
     "`box_sides` of boxes with sides `cut` `(bs, d)` around twice their centres `c2` `(bs, d)`, in pixels"
@@ -235,7 +235,7 @@ class CutMixUpParams(NamedTuple):
 
 def _cutmixup_rows(size, mixup_alpha, cutmix_alpha, switch_prob, n, device=None, p=1.):
     "Per-sample CutMixUp's draws (what `DrawAhead` draws ahead): which samples are cut, MixUp's λ, and a box (as `draw_boxes`) for each sample"
-    cut = uniform(n, device=device) < switch_prob
+    cut = draw_uniform(n, device=device) < switch_prob
     return (cut, sample_lam(mixup_alpha, n, device, larger=True, p=p), *draw_boxes(size, cutmix_alpha, n, device, p=p))
 
 def _draw_cutmixup(xs, ys, x0, size, mixup_alpha, cutmix_alpha, switch_prob, per_sample, p, draws, pairing, shift)->CutMixUpParams:
@@ -243,8 +243,8 @@ def _draw_cutmixup(xs, ys, x0, size, mixup_alpha, cutmix_alpha, switch_prob, per
     mixup_alpha, cutmix_alpha = check_alpha(mixup_alpha, 'mixup_alpha'), check_alpha(cutmix_alpha, 'cutmix_alpha')
     switch_prob, p, pairing = check_prob(switch_prob, 'switch_prob'), check_prob(p), check_pairing(pairing)
     if not per_sample:
-        if not coin(p): return CutMixUpParams()
-        r = (draw_cutmix(xs, ys, cutmix_alpha, False, 1., pairing=pairing, shift=shift) if coin(switch_prob)
+        if not draw_coin(p): return CutMixUpParams()
+        r = (draw_cutmix(xs, ys, cutmix_alpha, False, 1., pairing=pairing, shift=shift) if draw_coin(switch_prob)
              else draw_mixup(xs, ys, mixup_alpha, 1., draws=draws, pairing=pairing, shift=shift))
         return CutMixUpParams(r.shift, r.lam, r)
     bs, dev = x0.shape[0], x0.device
@@ -339,7 +339,7 @@ def _draw_ricap(x0, ys, size, alpha, per_sample, p, pairing, shift)->RICAPParams
     sources, offsets = draw_sources(pairing, ys, bs, 4, dev, shift)
     # on the host: the tiles are Python numbers, the copies' bounds, and reading them costs no sync
     n = bs if per_sample else 1
-    lams, us = sample_lam(alpha, 2*n).view(n, 2).tolist(), uniform(n, 9).tolist()
+    lams, us = sample_lam(alpha, 2*n).view(n, 2).tolist(), draw_uniform(n, 9).tolist()
     cut, corners, shares = [], [], []
     for (lh, lw), u in zip(lams, us):
         ch, cw = (round(h*lh), round(w*lw)) if u[0] < p else (h, w)

@@ -155,7 +155,7 @@ def _draw_mosaic(x0, per_sample, p, scale, centre, mixup_p, mixup_alpha, shift=N
     (lo_s, hi_s), (lo_c, hi_c) = check_mosaic(scale, centre)
     (bs, _, h, w), dev = x0.shape, x0.device
     src, tiles, plan, own = [], [], [], []
-    u = uniform(bs if per_sample else 1, 10).tolist()  # on the host: the quarters' places are Python numbers, and reading them costs no sync
+    u = draw_uniform(bs if per_sample else 1, 10).tolist()  # on the host: the quarters' places are Python numbers, and reading them costs no sync
     for i in range(bs):
         if per_sample or i == 0:
             v = u[i]
@@ -166,7 +166,7 @@ def _draw_mosaic(x0, per_sample, p, scale, centre, mixup_p, mixup_alpha, shift=N
             (y0, y1, x0_, x1), _, _ = t[0]
         src.append((i, *((i + d) % bs for d in offsets))); tiles.append(t); own.append((y1-y0)*(x1-x0_) / (h*w))
         for j, ((y0, y1, x0_, x1), (hs, ws), (oy, ox)) in zip(src[-1], t): plan += [j, ws/w, hs/h, ws/w, hs/h, ox, oy, ox, oy, x0_, y0, x1, y1]
-    mix = draw_mixup(x0, alpha=mixup_alpha) if mixup_p > 0 and coin(mixup_p) else None
+    mix = draw_mixup(x0, alpha=mixup_alpha) if mixup_p > 0 and draw_coin(mixup_p) else None
     plan = to_device(plan, dev).view(bs, 4, 13)
     return MosaicParams(plan[:, 1:, 0].long(), to_device(own, dev), tuple(src), tuple(tiles), plan, (h, w), None if per_sample else offsets, mix)
 
@@ -290,7 +290,7 @@ def _draw_copy_paste(x0, b, p, paste_p, shift)->CopyPasteParams:
     p, paste_p = check_prob(p), check_prob(paste_p, 'paste_p')
     bs = x0.shape[0]
     shift = draw_shift(bs) if shift is None else shift
-    u = uniform(bs, b.labels.shape[1] + 1, device=x0.device)
+    u = draw_uniform(bs, b.labels.shape[1] + 1, device=x0.device)
     return CopyPasteParams(shift, (u[:, 1:] < paste_p) & (u[:, :1] < p))
 
 def copy_paste_detection(

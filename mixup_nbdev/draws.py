@@ -13,26 +13,26 @@ from .core import *
 from .core import _const, as_plain
 
 # %% auto #0
-__all__ = ['DRAW', 'uniform', 'normal', 'coin', 'draw_int', 'sample_lam', 'host_lam', 'draw_shift', 'has_partners', 'self_paired',
-           'LabelKernel', 'check_pairing', 'draw_partners', 'draw_pairing', 'draw_sources', 'DrawAhead', 'draw_rows',
-           'draw_choice', 'given_record', 'check_fits', 'drawing', 'draw_of', 'check_record', 'mixing']
+__all__ = ['DRAW', 'draw_uniform', 'draw_normal', 'draw_coin', 'draw_int', 'sample_lam', 'host_lam', 'draw_shift', 'has_partners',
+           'self_paired', 'LabelKernel', 'check_pairing', 'draw_partners', 'draw_pairing', 'draw_sources', 'DrawAhead',
+           'draw_rows', 'draw_choice', 'given_record', 'check_fits', 'drawing', 'draw_of', 'check_record', 'mixing']
 
 # %% ../nbs/01_draws.ipynb #70a3157e
-def uniform(
+def draw_uniform(
     *shape:int, # The shape of the tensor
     device=None # Where to draw it: the batch's device
 )->Tensor:
     "Values uniform in [0, 1), drawn on `device`"
     return torch.rand(*shape, device=device)
 
-def normal(
+def draw_normal(
     *shape:int, # The shape of the tensor
     device=None # Where to draw it: the batch's device
 )->Tensor:
     "Values from the standard normal distribution, drawn on `device`"
     return torch.randn(*shape, device=device)
 
-def coin(
+def draw_coin(
     p:float # Chance of True
 )->bool:
     "True with chance `p`, drawn on the host by torch's CPU generator; flipped even when `p` is 1, so that the stream of draws doesn't depend on `p`"
@@ -55,12 +55,12 @@ def sample_lam(
 )->Tensor:
     "Draw `n` values of λ from `Beta(alpha, alpha)` on `device`, without a host-device sync"
     if alpha == 1:  # Beta(1, 1) is uniform: one cheap draw instead of two gamma draws per value
-        lam = torch.empty(n, device=device).uniform_(.5, 1.) if larger else uniform(n, device=device)
+        lam = torch.empty(n, device=device).uniform_(.5, 1.) if larger else draw_uniform(n, device=device)
     else:
         beta = _const(('Beta', float(alpha), str(device)), lambda: Beta(*[torch.tensor(float(alpha), device=device)]*2, validate_args=False))
         lam = beta.sample((n,))
         if larger: lam = torch.maximum(lam, 1-lam)
-    return torch.where(uniform(n, device=device) < p, lam, 1.) if p < 1 else lam
+    return torch.where(draw_uniform(n, device=device) < p, lam, 1.) if p < 1 else lam
 
 def host_lam(
     alpha:float # Concentration of `Beta(alpha, alpha)`
@@ -223,7 +223,7 @@ def draw_choice(
     # a uniform draw against the weights' running totals: on the host for the batch, on the device (no sync) per sample
     tot = [sum(weights[i] for i in live[:j+1]) for j in range(len(live))]
     if n is None: return live[bisect.bisect_right(tot[:-1], torch.rand(()).item() * tot[-1])]
-    u = uniform(n, device=device) * tot[-1]
+    u = draw_uniform(n, device=device) * tot[-1]
     k = sum((u >= t).long() for t in tot[:-1])
     return sum((k == j).long() * i for j, i in enumerate(live))
 

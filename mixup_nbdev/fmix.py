@@ -44,7 +44,7 @@ def _draw_fmix(x0, ys, size, alpha, decay_power, max_soft, per_sample, p, draws,
         if not has_partners(shift): return FMixParams(0, torch.ones(bs, device=dev))
         k = _kept(lam, n)
         return FMixParams(shift, k / n, _fmix_take(fourier_noise(size, bs, decay_power, dev), k, max_soft))
-    if not coin(p): shift = 0
+    if not draw_coin(p): shift = 0
     k = _kept(host_lam(alpha), n)
     if not has_partners(shift): return FMixParams(0, 1.)
     # one mask for the batch, seen by every sample through a stride 0 dimension
@@ -98,7 +98,7 @@ def fourier_noise(
         # the lowest frequency, 1/max(size), also stands for 0: the paper's code
         return (1 / f.clamp(min=1/max(size)) ** decay_power)[..., None]
     scale = _const(('spectrum', tuple(size), float(decay_power), str(device)), spectrum)
-    spec = torch.view_as_complex(normal(n, *scale.shape[:-1], 2, device=device) * scale)
+    spec = torch.view_as_complex(draw_normal(n, *scale.shape[:-1], 2, device=device) * scale)
     return torch.fft.irfftn(spec, s=size, dim=tuple(range(1, len(size)+1)))
 
 def _fmix_take(

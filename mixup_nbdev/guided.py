@@ -80,7 +80,7 @@ def _draw_saliencymix(x0, ys, size, alpha, per_sample, p, draws, pairing, salien
     shift = draw_pairing(pairing, ys, bs) if shift is None else shift
     if per_sample: lam = draw_rows(draws, sample_lam, bs, alpha, device=dev, p=p)
     else:
-        if not coin(p): shift = 0
+        if not draw_coin(p): shift = 0
         lam = torch.full((bs,), host_lam(alpha), device=dev)
     if not has_partners(shift): return SaliencyMixParams(0, torch.ones(bs, device=dev))
     # each sample's partner's peak, found once per image: a sample may be the partner of several

@@ -38,7 +38,7 @@ def _draw_resizemix(x0, ys, size, alpha, scope, per_sample, p, draws, pairing, s
     if per_sample:
         cut, corner, lam = draw_rows(draws, draw_resize_boxes, bs, size, alpha, scope, device=dev, p=p)
         return ResizeMixParams(shift, lam if has_partners(shift) else torch.ones(bs, device=dev), cut, None, corner)
-    if not coin(p): shift = 0
+    if not draw_coin(p): shift = 0
     cut = _cut(size, scope[0] + (scope[1]-scope[0]) * host_lam(alpha))
     if 0 in cut: shift = 0  # an empty box: nothing to paste
     if not has_partners(shift): return ResizeMixParams(0, 1.)
@@ -105,9 +105,9 @@ def draw_resize_boxes(
     lam = sample_lam(alpha, n, device) * (hi-lo) + lo
     sz = _sizes(size, device)
     cut = _cut(sz, lam)
-    if p < 1: cut = cut * (uniform(n, 1, device=device) < p)  # an unmixed sample: an empty box
+    if p < 1: cut = cut * (draw_uniform(n, 1, device=device) < p)  # an unmixed sample: an empty box
     # the box lies inside the sample, so the whole partner is in it: a corner uniform among the positions that fit
-    corner = (uniform(n, len(size), device=device) * (sz-cut+1)).floor_().clamp_(max=sz-cut)
+    corner = (draw_uniform(n, len(size), device=device) * (sz-cut+1)).floor_().clamp_(max=sz-cut)
     return cut, corner, torch.rsub(cut.prod(1), 1., alpha=1/math.prod(size))
 
 def _resize_axes(

@@ -63,8 +63,8 @@ def minmax_sides(
     # the sides' bounds, made on the device once: a copy from the host would make it wait for the device
     lo, hi = _const(('minmax', tuple(size), minmax, str(device)), lambda: torch.stack([torch.stack(
         [torch.full((), float(b), device=device) for b in (int(s*minmax[0]), max(int(s*minmax[1]), int(s*minmax[0])+1))]) for s in size], 1))
-    cut = (lo + uniform(n, len(size), device=device) * (hi - lo)).floor_()
-    start = (uniform(n, len(size), device=device) * (sz - cut + 1)).floor_()
+    cut = (lo + draw_uniform(n, len(size), device=device) * (hi - lo)).floor_()
+    start = (draw_uniform(n, len(size), device=device) * (sz - cut + 1)).floor_()
     return _sides(size, cut, 2*start + cut)
 
 def minmax_box(
@@ -117,8 +117,8 @@ class Mixup:
         "One draw for the batch: the `prob` coin, the switch, λ and CutMix's box; None when the batch is left as it is"
         bs, size = x0.shape[0], tuple(x0.shape[2:])
         shift = half_partners(bs)
-        if not (self.mixup_enabled and coin(self.mix_prob)) or not shift: return None
-        if not self._cut(coin(self.switch_prob)):
+        if not (self.mixup_enabled and draw_coin(self.mix_prob)) or not shift: return None
+        if not self._cut(draw_coin(self.switch_prob)):
             lam = host_lam(self.mixup_alpha)
             return MixUpParams(shift, torch.full((bs,), max(lam, 1-lam), device=x0.device))
         if self.cutmix_minmax is not None: box = minmax_box(size, self.cutmix_minmax)
@@ -133,8 +133,8 @@ class Mixup:
         shift = half_partners(bs, pairs, dev)
         if not self.mixup_enabled or not has_partners(shift): return None
         n = bs//2 if pairs or half else bs
-        on = uniform(n, device=dev) < self.mix_prob
-        cut = (uniform(n, device=dev) < self.switch_prob) if self.mixup_alpha and self.cutmix_alpha else torch.full((n,), bool(self.cutmix_alpha), device=dev)
+        on = draw_uniform(n, device=dev) < self.mix_prob
+        cut = (draw_uniform(n, device=dev) < self.switch_prob) if self.mixup_alpha and self.cutmix_alpha else torch.full((n,), bool(self.cutmix_alpha), device=dev)
         cut &= on
         lam_mix = torch.where(on, sample_lam(self.mixup_alpha, n, dev, larger=True), 1.) if self.mixup_alpha else torch.ones(n, device=dev)
         inside = lam_cut = None
@@ -142,7 +142,7 @@ class Mixup:
             if self.cutmix_minmax is not None: inside, lam_cut = minmax_sides(size, self.cutmix_minmax, n, dev)
             else:
                 lam = sample_lam(self.cutmix_alpha, n, dev)
-                at = (uniform(n, len(size), device=dev) * _sizes(size, dev)).floor_()  # timm's whole-pixel centres
+                at = (draw_uniform(n, len(size), device=dev) * _sizes(size, dev)).floor_()  # timm's whole-pixel centres
                 inside, kept = box_sides_at(size, lam, at)
                 lam_cut = kept if self.correct_lam else lam
             inside &= cut[:, None, None]
