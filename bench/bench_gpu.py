@@ -128,6 +128,16 @@ def sync_checks(dev, shapes=SHAPES):
                     ('mosaic_detection scale, mixup_p', partial(mosaic_detection, scale=(.5, 1.5), mixup_p=1.)), ('copy_paste_detection', copy_paste_detection)):
         f(xd[:16], Boxes(*(None if t is None else t[:16] for t in bd)))
         check(f'padded, {name}', lambda: [f(xd[i:i+16], Boxes(*(None if t is None else t[i:i+16] for t in bd))) for i in range(0, 64, 16)])
+    # partners from a bank at two samples a batch, every batch under the mode, the bank's first one (its allocation) included
+    from mixup_nbdev.functional import PartnerBank, ricap_batch, mosaic_batch
+    for name, f in (('mixup_batch', mixup_batch), ('cutmix_batch per_sample', partial(cutmix_batch, per_sample=True)),
+                    ('ricap_batch', ricap_batch), ('mosaic_batch', mosaic_batch)):
+        bank = PartnerBank(8)
+        check(f'bank, {name}, batches of 2', lambda: [f(x[i:i+2], y[i:i+2], bank=bank) for i in range(0, 16, 2)])
+    for name, f in (('mosaic_detection', mosaic_detection), ('cutmix_detection', cutmix_detection)):
+        bank = PartnerBank(8)
+        check(f'bank, padded, {name}, batches of 2',
+              lambda: [f(xd[i:i+2], Boxes(*(None if t is None else t[i:i+2] for t in bd)), bank=bank) for i in range(0, 16, 2)])
     # fastai's fit: the mode on from before_batch to after_loss
     class On(Callback):
         order = -100

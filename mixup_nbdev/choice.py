@@ -43,6 +43,7 @@ def _draw_mixchoice(xs, ys, x0, fs, weights, per_sample, pairing, choice, shift)
     draws = [draw_of(fs[i]) for i in _live(weights)]
     return MixChoiceParams(choice, shift, tuple(None if d is None else d(xs, ys, shift=shift) for d in draws))
 
+@banking
 def mixchoice_batch(
     xb:Tensor|tuple, # Inputs: a tensor, or a tuple of them
     yb:Tensor|tuple=(), # Targets: a tensor, or a tuple of them
@@ -52,7 +53,8 @@ def mixchoice_batch(
     pairing:str|LabelKernel='random', # Per sample: who is paired with whom (per batch, the chosen function's own)
     choice:int|Tensor|None=None, # The function of the batch, or of each sample, when given (from `draw_choice`); default: drawn
     shift:int|Tensor|None=None, # The partners, when given; default: drawn as `pairing` says (per batch, by the function)
-    params:MixChoiceParams|None=None # A record from `draw_mixchoice` to apply, drawing nothing (but for functions without records); default: drawn for this batch
+    params:MixChoiceParams|None=None, # A record from `draw_mixchoice` to apply, drawing nothing (but for functions without records); default: drawn for this batch
+    bank:PartnerBank|None=None # Draw partners from the batch and this bank of earlier samples together; default: from the batch
 )->Mixed:
     "Mix the batch with one of `fs`, or each sample with its own, chosen with probability ∝ `weights`"
     if not fs or not all(map(callable, fs)): raise TypeError(

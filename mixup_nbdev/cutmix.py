@@ -37,6 +37,7 @@ def _draw_mixup(x0, ys, alpha, p, draws, pairing, shift)->MixUpParams:
     lam = draw_rows(draws, sample_lam, bs, alpha, device=dev, larger=True, p=p)
     return MixUpParams(shift, unmix_alone(lam, shift) if has_partners(shift) else torch.ones(bs, device=dev))
 
+@banking
 def mixup_batch(
     xb:Tensor|tuple, # Inputs: a tensor, or a tuple of them (each `(bs, ...)`)
     yb:Tensor|tuple=(), # Targets: a tensor, or a tuple of them
@@ -46,7 +47,8 @@ def mixup_batch(
     draws:DrawAhead|None=None, # Take λ from these draws made ahead (the callbacks' way); default: draw for this batch
     pairing:str|LabelKernel='random', # Who is paired with whom: 'random', 'same_class', 'other_class' or a `LabelKernel`
     shift:int|Tensor|None=None, # The partners, when given (`MixChoice` gives every method the same); default: drawn as `pairing` says
-    params:MixUpParams|None=None # A record from `draw_mixup` to apply, drawing nothing; default: drawn for this batch
+    params:MixUpParams|None=None, # A record from `draw_mixup` to apply, drawing nothing; default: drawn for this batch
+    bank:PartnerBank|None=None # Draw partners from the batch and this bank of earlier samples together; default: from the batch
 )->Mixed:
     "MixUp (https://arxiv.org/abs/1710.09412) of a batch: each sample keeps `lam>=0.5` of itself and takes the rest from its partner"
     xs, ys = as_tuple(xb), as_tuple(yb)
@@ -91,6 +93,7 @@ def _draw_cutmix(x0, ys, size, alpha, per_sample, p, draws, pairing, shift)->Cut
     box = rand_box(size, host_lam(alpha))
     return CutMixParams(shift, box_lam(size, box) if has_partners(shift) else 1., box)
 
+@banking
 def cutmix_batch(
     xb:Tensor|tuple, # Inputs `(bs, C, *size)`: a tensor, or a tuple of them
     yb:Tensor|tuple=(), # Targets: a tensor, or a tuple of them
@@ -103,7 +106,8 @@ def cutmix_batch(
     mask_targets:bool|tuple|None=None, # Targets to paste like the inputs: None, fastai's `TensorMask`s; True, all with the inputs' spatial size; or their indices
     pairing:str|LabelKernel='random', # Who is paired with whom: 'random', 'same_class', 'other_class' or a `LabelKernel`
     shift:int|Tensor|None=None, # The partners, when given (`MixChoice` gives every method the same); default: drawn as `pairing` says
-    params:CutMixParams|None=None # A record from `draw_cutmix` to apply, drawing nothing; default: drawn for this batch
+    params:CutMixParams|None=None, # A record from `draw_cutmix` to apply, drawing nothing; default: drawn for this batch
+    bank:PartnerBank|None=None # Draw partners from the batch and this bank of earlier samples together; default: from the batch
 )->Mixed:
     "CutMix (https://arxiv.org/abs/1905.04899): paste a box from each sample's partner; `lam` is the exact fraction each sample kept"
     per_sample = check_flag(per_sample, 'per_sample')
@@ -253,6 +257,7 @@ def _draw_cutmixup(xs, ys, x0, size, mixup_alpha, cutmix_alpha, switch_prob, per
     lam = unmix_alone(torch.where(cut, kept, lam_mix), shift) if has_partners(shift) else torch.ones(bs, device=dev)
     return CutMixUpParams(shift, lam, None, cut, lam_mix, inside)
 
+@banking
 def cutmixup_batch(
     xb:Tensor|tuple, # Inputs `(bs, C, *size)`: a tensor, or a tuple of them
     yb:Tensor|tuple=(), # Targets: a tensor, or a tuple of them
@@ -267,7 +272,8 @@ def cutmixup_batch(
     mask_targets:bool|tuple|None=None, # Targets to paste like the inputs: None, fastai's `TensorMask`s; True, all with the inputs' spatial size; or their indices
     pairing:str|LabelKernel='random', # Who is paired with whom: 'random', 'same_class', 'other_class' or a `LabelKernel`
     shift:int|Tensor|None=None, # The partners, when given (`MixChoice` gives every method the same); default: drawn as `pairing` says
-    params:CutMixUpParams|None=None # A record from `draw_cutmixup` to apply, drawing nothing; default: drawn for this batch
+    params:CutMixUpParams|None=None, # A record from `draw_cutmixup` to apply, drawing nothing; default: drawn for this batch
+    bank:PartnerBank|None=None # Draw partners from the batch and this bank of earlier samples together; default: from the batch
 )->Mixed:
     "CutMix with probability `switch_prob`, else MixUp, each with its own λ rules, for the whole batch or for each sample"
     per_sample = check_flag(per_sample, 'per_sample')
@@ -368,6 +374,7 @@ def _tile(tp:Tensor, r:RICAPParams)->Tensor:
             out[i, ..., y0:y1, x0:x1] = src[k][j, ..., cy:cy+y1-y0, cx:cx+x1-x0]
     return out
 
+@banking
 def ricap_batch(
     xb:Tensor|tuple, # Inputs `(bs, C, H, W)`: a tensor, or a tuple of them
     yb:Tensor|tuple=(), # Targets: a tensor, or a tuple of them
@@ -378,7 +385,8 @@ def ricap_batch(
     mask_targets:bool|tuple|None=None, # Targets to tile like the inputs: None, fastai's `TensorMask`s; True, all with the inputs' spatial size; or their indices
     pairing:str|LabelKernel='random', # Who is paired with whom: 'random', 'same_class', 'other_class' or a `LabelKernel`
     shift:int|Tensor|None=None, # The top-right tile's partners, when given (`MixChoice` gives every method the same); the others drawn as `pairing` says
-    params:RICAPParams|None=None # A record from `draw_ricap` to apply, drawing nothing; default: drawn for this batch
+    params:RICAPParams|None=None, # A record from `draw_ricap` to apply, drawing nothing; default: drawn for this batch
+    bank:PartnerBank|None=None # Draw partners from the batch and this bank of earlier samples together; default: from the batch
 )->Mixed:
     "RICAP (https://arxiv.org/abs/1811.09030): each sample made of four tiles, random crops of itself and three partners; `sources` and `weights` are the four images and their exact shares of the pixels"
     per_sample = check_flag(per_sample, 'per_sample')

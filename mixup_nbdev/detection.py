@@ -5,6 +5,7 @@
 # %% ../nbs/10_detection.ipynb #e72fe328
 from __future__ import annotations
 import math
+from functools import wraps
 from typing import NamedTuple
 import torch
 from torch import Tensor
@@ -20,8 +21,8 @@ from .boxes import _cat, _det_in, _keep, _partner_boxes, _visible
 
 # %% auto #0
 __all__ = ['draw_mixup_detection', 'draw_cutmix_detection', 'draw_mosaic_detection', 'draw_mosaic_batch',
-           'draw_copy_paste_detection', 'mixup_detection', 'cutmix_detection', 'MosaicParams', 'check_mosaic',
-           'mosaic_detection', 'mosaic_batch', 'CopyPasteParams', 'copy_paste_detection']
+           'draw_copy_paste_detection', 'banking_detection', 'mixup_detection', 'cutmix_detection', 'MosaicParams',
+           'check_mosaic', 'mosaic_detection', 'mosaic_batch', 'CopyPasteParams', 'copy_paste_detection']
 
 # %% ../nbs/10_detection.ipynb #e0d59a90
 def _det_images(images)->Tensor:
@@ -33,7 +34,63 @@ def _det_images(images)->Tensor:
         f"detection images must be one tensor (bs, C, H, W), got {type(images).__name__} {tuple(getattr(images, 'shape', ()))}")
     return images, as_plain(images)  # shapes and devices read from the plain tensor: each read of a fastai tensor's costs a `__torch_function__` call
 
+def _pad_slots(t:Tensor, m:int)->Tensor:
+    "A per-box tensor `(n, slots, ...)` padded with zeros (invalid, for `valid`) to `m` slots"
+    return t if t.shape[1] >= m else torch.cat([t, t.new_zeros(t.shape[0], m - t.shape[1], *t.shape[2:])], 1)
+
+def _cat_rows(ts:tuple, rows:tuple, slots:range)->tuple:
+    "The batch's tensors `ts` with the bank's `rows` appended, the per-box ones (`slots`) padded to as many slots as either has"
+    m = max([ts[i].shape[1] for i in slots] + [rows[i].shape[1] for i in slots], default=0)
+    pad = lambda t, i: _pad_slots(t, m) if i in slots else t
+    return tuple(torch.cat([pad(t, i), pad(r, i)]) for i, (t, r) in enumerate(zip(ts, rows)))
+
+def banking_detection(
+    f # A detection function `f(images, targets, ..., bank, params)` that returns its images and targets; it is called with `bank=None`
+):
+    "Decorator, `banking` for detection: `f` draws partners from the batch and `bank`'s images with their boxes (and masks), keeps them in its record, and puts the batch into the bank"
+    sig, nargs = bank_signature(f, ('images', 'targets'))
+    @wraps(f)
+    def banked(*args, **kwargs):
+        call = bank_call(sig, nargs, args, kwargs)
+        if call is None: return f(*args, **kwargs)
+        a, bank, params = call
+        img, xp = _det_images(a.arguments['images'])
+        b, seg, out = _det_in(a.arguments['targets'], tuple(xp.shape[2:]), a.arguments.get('seg_masks'))
+        if seg is not None and 'seg_masks' not in sig.parameters: return f(*args, **kwargs)  # it refuses segmentation masks itself
+        fields = [k for k in Boxes._fields if b is not None and getattr(b, k) is not None]
+        ts = (xp, *(getattr(b, k) for k in fields), *(() if seg is None else (as_plain(seg),)))
+        slots, bs = range(1, 1 + len(fields)), xp.shape[0]
+        def with_rows(rows, pool=None):
+            "The batch with `rows` appended (`pool`, when it is made), its targets as `Boxes`"
+            if pool is None: pool = ts if rows is None else _cat_rows(ts, rows, slots)
+            a.arguments.update(images=as_type_of(pool[0], img), targets=Boxes(**dict(zip(fields, pool[1:1+len(fields)]))) if b is not None else None)
+            if seg is not None: a.arguments['seg_masks'] = as_type_of(pool[-1], seg)
+        def run(p):
+            a.arguments['params'] = p
+            return f(*a.args, **a.kwargs)
+        if isinstance(params, BankParams): with_rows(params.rows)
+        else:
+            if params is not None and params is not DRAW: return f(*args, **kwargs)  # a record drawn without a bank
+            if bank.rows is not None and len(fields):  # the bank's per-box tensors, as many slots as the batch's
+                m = max(ts[1].shape[1], bank.rows[1].shape[1])
+                ts = tuple(_pad_slots(t, m) if i in slots else t for i, t in enumerate(ts))
+                bank.rows = tuple(_pad_slots(t, m) if i in slots else t for i, t in enumerate(bank.rows))
+            if bank.across_ranks: raise ValueError("a bank across ranks draws the other ranks' batches, whose images have as many box slots "
+                                                  "as each rank's: it is for classification and segmentation; use across_ranks=False")
+            pool, rows = bank.pool(ts)  # drawn for, then applied to, the same larger batch
+            with_rows(rows, pool)
+            r = BankParams(rows, run(DRAW))
+            bank.add(ts)  # after drawing: an image is never its own partner
+            if params is DRAW: return r
+            params = r
+        x1, *rest = run(params.params)
+        b1 = None if b is None else Boxes(*(None if t is None else t[:bs] for t in rest[0]))
+        return out(x1[:bs], b1, None if seg is None else rest[-1][:bs])
+    drawing(banked)  # its own draw function, which takes `bank`
+    return banked
+
 # %% ../nbs/10_detection.ipynb #e18750fd
+@banking_detection
 def mixup_detection(
     images:Tensor, # `(bs, C, H, W)`, floating point
     targets:list|Boxes|tuple, # torchvision's (a list of dicts), `Boxes`, or a fastai batch's `(TensorBBox, TensorMultiCategory)`
@@ -42,7 +99,8 @@ def mixup_detection(
     box_weights:bool=False, # Give each box a weight: λ for the image's own, 1-λ for its partner's (`weights`)
     draws:DrawAhead|None=None, # Take λ from these draws made ahead; default: draw for this batch
     shift:int|Tensor|None=None, # The partners, when given; default: drawn
-    params:MixUpParams|None=None # A record from `draw_mixup_detection` to apply, drawing nothing; default: drawn for this batch
+    params:MixUpParams|None=None, # A record from `draw_mixup_detection` to apply, drawing nothing; default: drawn for this batch
+    bank:PartnerBank|None=None # Draw partners from the batch and this bank of earlier images together; default: from the batch
 )->tuple:
     "Detection MixUp (https://arxiv.org/abs/1902.04103, YOLOX): each image blended with its partner with one λ each; it keeps its boxes and gains its partner's"
     img, xp = _det_images(images)
@@ -71,6 +129,7 @@ def _cut_rect(r:CutMixParams, x0:Tensor)->Tensor:
     lo = r.inside.to(torch.uint8).argmax(-1)  # (bs, 2): the first row and column inside
     return torch.cat([lo, lo + r.inside.sum(-1)], 1).flip(1).roll(2, 1).float()  # (y0, x0, y1, x1) to (x0, y0, x1, y1)
 
+@banking_detection
 def cutmix_detection(
     images:Tensor, # `(bs, C, H, W)`
     targets:list|Boxes|tuple, # torchvision's (a list of dicts), `Boxes`, or a fastai batch's `(TensorBBox, TensorMultiCategory)`
@@ -81,7 +140,8 @@ def cutmix_detection(
     draws:DrawAhead|None=None, # Per-sample boxes only: take them from these draws made ahead; default: draw for this batch
     shift:int|Tensor|None=None, # The partners, when given; default: drawn
     seg_masks:Tensor|None=None, # Segmentation masks `(bs, H, W)`, pasted with their images (a fastai batch's `TensorMask` is found in `targets`)
-    params:CutMixParams|None=None # A record from `draw_cutmix_detection` to apply, drawing nothing; default: drawn for this batch
+    params:CutMixParams|None=None, # A record from `draw_cutmix_detection` to apply, drawing nothing; default: drawn for this batch
+    bank:PartnerBank|None=None # Draw partners from the batch and this bank of earlier images together; default: from the batch
 )->tuple:
     "Detection CutMix: paste a box of the partner; own boxes shrink to what stays visible, the partner's inside the box are clipped to it, and either is dropped below `min_visibility`"
     img, xp = _det_images(images)
@@ -194,6 +254,7 @@ def _place(out:Tensor, t:Tensor, r:MosaicParams, nearest:bool=False)->Tensor:
             q(out, k)[i][..., y0:y1, x0:x1] = _resized(t[src[k]], hw, nearest)[..., y0-oy:y1-oy, x0-ox:x1-ox]
     return out
 
+@banking_detection
 def mosaic_detection(
     images:Tensor, # `(bs, C, H, W)`
     targets:list|Boxes|tuple|None, # torchvision's (a list of dicts), `Boxes`, a fastai batch's `(TensorBBox, TensorMultiCategory)` or `(TensorMask,)`; None: images and `seg_masks` only
@@ -206,7 +267,8 @@ def mosaic_detection(
     mixup_alpha:float=1.5, # The MixUp's concentration of `Beta(alpha, alpha)`
     fill:float=0., # The value of the pixels no image covers (only with `scale`: a quarter's image shrunk below its quarter)
     seg_masks:Tensor|None=None, # Segmentation masks `(bs, H, W)`, moved with their images (a fastai batch's `TensorMask` is found in `targets`); class 0 where no image covers
-    params:MosaicParams|None=None # A record from `draw_mosaic_detection` to apply, drawing nothing; default: drawn for this batch
+    params:MosaicParams|None=None, # A record from `draw_mosaic_detection` to apply, drawing nothing; default: drawn for this batch
+    bank:PartnerBank|None=None # Draw partners from the batch and this bank of earlier images together; default: from the batch
 )->tuple:
     "Mosaic (YOLOv4, https://arxiv.org/abs/2004.10934): four images, the image and three partners, in a 2×2 grid around a random centre, at the input's size; boxes move with their pixels and are clipped, small remains dropped"
     img, xp = _det_images(images)
@@ -243,6 +305,7 @@ def mosaic_detection(
 draw_mosaic_detection = drawing(mosaic_detection)
 
 # %% ../nbs/10_detection.ipynb #bfa8c235
+@banking
 def mosaic_batch(
     xb:Tensor|tuple, # Images `(bs, C, H, W)`: a tensor, or a tuple of them (each of the first's spatial size is tiled)
     yb:Tensor|tuple=(), # Targets: class indices or float labels, weighted by area; segmentation masks (`mask_targets`) are tiled
@@ -253,7 +316,8 @@ def mosaic_batch(
     y_int:bool=True, # True: keep the targets for `Mixed.loss`, which sums the four sources' losses; False: mix the (float) targets by area
     mask_targets:bool|tuple|None=None, # Targets to tile like the images: None, fastai's `TensorMask`s; True, all of the images' spatial size; or their indices
     shift:int|None=None, # The top-right quarter's partner offset, when given (`MixChoice` gives every method the same); default: drawn
-    params:MosaicParams|None=None # A record from `draw_mosaic_batch` (or `draw_mosaic_detection`) to apply, drawing nothing; default: drawn for this batch
+    params:MosaicParams|None=None, # A record from `draw_mosaic_batch` (or `draw_mosaic_detection`) to apply, drawing nothing; default: drawn for this batch
+    bank:PartnerBank|None=None # Draw partners from the batch and this bank of earlier samples together; default: from the batch
 )->Mixed:
     "Mosaic (https://arxiv.org/abs/2004.10934) of a classification batch: four images in a 2×2 grid, itself and three partners; `sources` and `weights` are the four images and the exact shares of the pixels each shows"
     per_sample = check_flag(per_sample, 'per_sample')
@@ -293,6 +357,7 @@ def _draw_copy_paste(x0, b, p, paste_p, shift)->CopyPasteParams:
     u = draw_uniform(bs, b.labels.shape[1] + 1, device=x0.device)
     return CopyPasteParams(shift, (u[:, 1:] < paste_p) & (u[:, :1] < p))
 
+@banking_detection
 def copy_paste_detection(
     images:Tensor, # `(bs, C, H, W)`
     targets:list|Boxes|tuple, # With instance masks: torchvision's (a list of dicts with `masks`), or `Boxes` with `masks`
@@ -301,7 +366,8 @@ def copy_paste_detection(
     p:float=1., # Chance that an image gets instances at all
     shift:int|Tensor|None=None, # The partners, when given; default: drawn
     seg_masks:Tensor|None=None, # Segmentation masks `(bs, H, W)`, pasted with the instances
-    params:CopyPasteParams|None=None # A record from `draw_copy_paste_detection` to apply, drawing nothing; default: drawn for this batch
+    params:CopyPasteParams|None=None, # A record from `draw_copy_paste_detection` to apply, drawing nothing; default: drawn for this batch
+    bank:PartnerBank|None=None # Draw partners from the batch and this bank of earlier images together; default: from the batch
 )->tuple:
     "Copy-Paste (https://arxiv.org/abs/2012.07177): a random subset of each partner's instances pasted by their masks; the instances underneath lose what is covered, their boxes recomputed from their masks"
     img, xp = _det_images(images)

@@ -266,7 +266,7 @@ def drawing(
     def draw(*args, **kwargs): return f(*args, params=DRAW, **kwargs)
     draw.__signature__ = sig.replace(parameters=[p for p in sig.parameters.values() if p.name != 'params'],
                                      return_annotation=sig.parameters['params'].annotation)
-    draw.__name__ = draw.__qualname__ = 'draw_' + f.__name__.removesuffix('batch_tensors')
+    draw.__name__ = draw.__qualname__ = 'draw_' + f.__name__.removesuffix('_batch')
     draw.__module__, draw.__delwrap__ = f.__module__, f  # the docments of its arguments are `f`'s
     draw.__doc__ = f"What `{f.__name__}` draws for a batch, as the record that `{f.__name__}(..., params=...)` applies"
     f.draw = draw
@@ -302,11 +302,14 @@ def check_record(
     "Check the contract of `f`'s records on a batch, and return the record: a plain call equals drawing then applying the record (from the same `torch.manual_seed`, draws made ahead dropped); applying it draws nothing; applying it again gives the same output"
     draw = draw_of(f)
     if draw is None: raise TypeError(f"{f!r} has no draw function: give it one with `drawing`")
-    ahead = [v for v in (*getattr(f, 'keywords', {}).values(), *kwargs.values()) if isinstance(v, DrawAhead)]
+    given = (*getattr(f, 'keywords', {}).values(), *kwargs.values())
+    ahead = [v for v in given if isinstance(v, DrawAhead)]
+    banks = [(v, v.state()) for v in given if hasattr(v, 'set_state')]  # a `PartnerBank`: drawing from it adds the batch
     def seeded():
-        "Seed the generators, and drop the draws made ahead, so that both calls draw alike"
+        "Seed the generators, drop the draws made ahead and put banks back as they were, so that both calls draw alike"
         torch.manual_seed(seed)
         for d in ahead: d.reset()
+        for b, s in banks: b.set_state(s)
     seeded(); m = f(xb, yb, **kwargs)
     seeded(); r = draw(xb, yb, **kwargs)
     state = _generators()

@@ -50,6 +50,7 @@ def _draw_fmix(x0, ys, size, alpha, decay_power, max_soft, per_sample, p, draws,
     # one mask for the batch, seen by every sample through a stride 0 dimension
     return FMixParams(shift, k / n, _fmix_take(fourier_noise(size, 1, decay_power, dev), torch.full((1,), float(k), device=dev), max_soft))
 
+@banking
 def fmix_batch(
     xb:Tensor|tuple, # Inputs `(bs, C, *size)`: a tensor, or a tuple of them
     yb:Tensor|tuple=(), # Targets: a tensor, or a tuple of them
@@ -63,7 +64,8 @@ def fmix_batch(
     mask_targets:bool|tuple|None=None, # Targets to paste like the inputs: None, fastai's `TensorMask`s; True, all with the inputs' spatial size; or their indices
     pairing:str|LabelKernel='random', # Who is paired with whom: 'random', 'same_class', 'other_class' or a `LabelKernel`
     shift:int|Tensor|None=None, # The partners, when given (`MixChoice` gives every method the same); default: drawn as `pairing` says
-    params:FMixParams|None=None # A record from `draw_fmix` to apply, drawing nothing; default: drawn for this batch
+    params:FMixParams|None=None, # A record from `draw_fmix` to apply, drawing nothing; default: drawn for this batch
+    bank:PartnerBank|None=None # Draw partners from the batch and this bank of earlier samples together; default: from the batch
 )->Mixed:
     "FMix (https://arxiv.org/abs/2002.12047): each sample takes its partner's values where low-frequency noise is lowest; `lam` is the exact fraction it kept"
     per_sample = check_flag(per_sample, 'per_sample')

@@ -89,6 +89,7 @@ def _draw_saliencymix(x0, ys, size, alpha, per_sample, p, draws, pairing, salien
     inside, kept = box_sides_at(size, lam, at)
     return SaliencyMixParams(shift, kept, inside, at)
 
+@banking
 def saliencymix_batch(
     xb:Tensor|tuple, # Inputs `(bs, C, *size)`: a tensor, or a tuple of them; the first one's saliency places the boxes
     yb:Tensor|tuple=(), # Targets: a tensor, or a tuple of them
@@ -101,7 +102,8 @@ def saliencymix_batch(
     pairing:str|LabelKernel='random', # Who is paired with whom: 'random', 'same_class', 'other_class' or a `LabelKernel`
     saliency:Tensor|None=None, # Another saliency: a map `(bs, *size)`, or a function of the batch's first input that makes one; default `saliency_map`
     shift:int|Tensor|None=None, # The partners, when given (`MixChoice` gives every method the same); default: drawn as `pairing` says
-    params:SaliencyMixParams|None=None # A record from `draw_saliencymix` to apply, drawing nothing; default: drawn for this batch
+    params:SaliencyMixParams|None=None, # A record from `draw_saliencymix` to apply, drawing nothing; default: drawn for this batch
+    bank:PartnerBank|None=None # Draw partners from the batch and this bank of earlier samples together; default: from the batch
 )->Mixed:
     "SaliencyMix (https://arxiv.org/abs/2006.01791): paste a box of about `1-λ` of each partner, centred on the partner's saliency peak, at the same place; `lam` is the exact fraction each sample kept"
     per_sample = check_flag(per_sample, 'per_sample')

@@ -24,9 +24,10 @@ class SaliencyMix(MixHandler):
     func = staticmethod(saliencymix_batch)
     def __init__(self, alpha:float=1., per_sample:bool=False, p:float=1., stop_pct:float=1., mask_targets:bool|tuple|None=None,
                  pairing:str|LabelKernel='random',
-                 saliency:Callable|None=None # Another saliency: a function of the batch's first input that gives a map `(bs, *size)`; default `saliency_map`
+                 saliency:Callable|None=None, # Another saliency: a function of the batch's first input that gives a map `(bs, *size)`; default `saliency_map`
+                 bank:PartnerBank|None=None # Draw partners from the batch and this bank of earlier samples together: for small batches
                 ):
-        super().__init__(alpha, p, stop_pct, pairing)
+        super().__init__(alpha, p, stop_pct, pairing, bank)
         if saliency is not None and not callable(saliency): raise TypeError(
             f"`saliency` must be a function of the batch's first input that gives one map per sample, got {type(saliency).__name__}: "
             "a callback mixes many batches, so a fixed map can't be one")

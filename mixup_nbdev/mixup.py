@@ -34,16 +34,20 @@ _from = dict(y_int='stack_y')  # the mixing function's arguments that the callba
 class MixHandler(Callback):
     "A handler class for implementing `MixUp` style scheduling"
     run_valid = False
-    _batch_state = ('lam', 'yb1', 'shift', 'params', 'sources', 'source_weights')
+    _batch_state = ('lam', 'yb1', 'shift', 'params', 'sources', 'source_weights', 'source_yb')
     _sched = ('alpha', 'p')  # the arguments that take a schedule
     func = None  # the mixing function of a subclass, e.g. `staticmethod(mixup_batch)`: its settings are the callback's attributes of the same names
+    bank = None  # a `PartnerBank`, or None: set by `__init__`, read by `mixer`
     det_func = None  # the function that mixes detection batches (boxes and their labels), e.g. `staticmethod(mixup_detection)`
     def __init__(self,
         alpha:float=0.5, # Concentration of `Beta(alpha, alpha)`, λ's distribution: finite, > 0; or a schedule
         p:float=1., # Chance that a batch (or a sample, when mixing per sample) is mixed at all; or a schedule
         stop_pct:float=1., # Stop mixing once this fraction of training is done
-        pairing:str|LabelKernel='random' # Who is paired with whom: 'random', 'same_class', 'other_class' or a `LabelKernel`
+        pairing:str|LabelKernel='random', # Who is paired with whom: 'random', 'same_class', 'other_class' or a `LabelKernel`
+        bank:PartnerBank|None=None # Draw partners from the batch and this bank of earlier samples together: for small batches
     ):
+        if bank is not None and not isinstance(bank, PartnerBank): raise TypeError(f"bank={bank!r}: give a `PartnerBank(size)`, or None")
+        self.bank = bank
         self.alpha,self.p,self.stop_pct = alpha,check_sched(p, 'p'),check_prob(stop_pct, 'stop_pct')
         self.pairing,self.draws,self.stack_y,self.n_alone,self.inplace = check_pairing(pairing),DrawAhead(),None,0,True
         self._set(pct=0.)
@@ -78,9 +82,10 @@ class MixHandler(Callback):
             f"`distrib` must be a symmetric Beta(a, a) with one a, got {d!r}: λ is drawn from Beta(alpha, alpha), so set `alpha` instead")
         self.alpha = c.item()
 
-    def _set(self, lam=None, yb1=None, shift=0, params=None, sources=None, source_weights=None, **kwargs):
-        "Set the batch's state: `lam`, `yb1`, `shift`, the record `params`, the `sources` and `source_weights` of a mix of more than two, and `kwargs`"
-        for k,v in dict(lam=lam, yb1=yb1, shift=shift, params=params, sources=sources, source_weights=source_weights, **kwargs).items(): setattr(self, k, v)
+    def _set(self, lam=None, yb1=None, shift=0, params=None, sources=None, source_weights=None, source_yb=None, **kwargs):
+        "Set the batch's state: `lam`, `yb1`, `shift`, the record `params`, the `sources`, `source_weights` and `source_yb` of a mix of more than two, and `kwargs`"
+        for k,v in dict(lam=lam, yb1=yb1, shift=shift, params=params, sources=sources, source_weights=source_weights, source_yb=source_yb,
+                        **kwargs).items(): setattr(self, k, v)
 
     def _methods(self)->tuple:
         "The mixing callbacks this one holds and mixes through (`MixChoice`'s methods, a wrapper's mixer): set up, started and ended with it"
@@ -146,7 +151,12 @@ class MixHandler(Callback):
         xb, yb = self.learn.xb, self.learn.yb
         self.params = r = draw_of(f)(xb, yb, **({} if shift is None else dict(shift=shift)))
         img, tg = f(xb, yb, params=r)
-        return Mixed((img,), tuple(tg), None, _lam(r.lam), r.shift)
+        inner, bs = (r.params if isinstance(r, BankParams) else r), len(img)
+        lam, shift = _lam(inner.lam), inner.shift
+        if isinstance(r, BankParams) and r.rows is not None:  # the record is of the batch and the bank's rows: the batch's samples are the first
+            lam = lam if lam.ndim == 0 else lam[:bs]
+            shift = (torch.arange(bs, device=lam.device) + shift) % (bs + len(r.rows[0])) if isinstance(shift, int) else shift[:bs]
+        return Mixed((img,), tuple(tg), None, lam, shift)
 
     def before_batch(self):
         "Mix the batch, unless mixing has stopped"
@@ -158,7 +168,7 @@ class MixHandler(Callback):
         self.learn.xb,self.learn.yb = m.xb,m.yb
         self.lam,self.yb1,self.shift = m.lam,m.yb1,m.shift
         # more than two sources (RICAP, Mosaic): `lf` sums over them; `lam` and `yb1` are their two-source view
-        self.sources,self.source_weights = (m.sources,m.weights) if m.n_sources > 2 else (None,None)
+        self.sources,self.source_weights,self.source_yb = (m.sources,m.weights,m.source_yb) if m.n_sources > 2 else (None,None,None)
         alone = self_paired(m.shift)
         if alone is not None: self.n_alone = self.n_alone + alone.sum()
 
@@ -174,7 +184,7 @@ class MixHandler(Callback):
     def lf(self, pred, *yb):
         "The loss of `pred` against `yb` and the partners' targets `yb1`, interpolated with `lam` (or against every source's targets, weighted by `source_weights`), reduced like `learn.loss_func`"
         if not self.training or self.yb1 is None: return self._loss_func()(pred, *yb)
-        if self.sources is not None: return sources_loss(self._loss_func(), pred, yb, self.sources, self.source_weights)
+        if self.sources is not None: return sources_loss(self._loss_func(), pred, self.source_yb, self.sources, self.source_weights)
         return mix_loss(self._loss_func(), pred, yb, self.yb1, self.lam)
 
     def __getstate__(self):
@@ -186,8 +196,8 @@ class MixUp(MixHandler):
     "Implementation of https://arxiv.org/abs/1710.09412"
     func = staticmethod(mixup_batch)
     det_func = staticmethod(mixup_detection)
-    def __init__(self, alpha:float=.4, p:float=1., stop_pct:float=1., pairing:str|LabelKernel='random'):
-        super().__init__(alpha, p, stop_pct, pairing)
+    def __init__(self, alpha:float=.4, p:float=1., stop_pct:float=1., pairing:str|LabelKernel='random', bank:PartnerBank|None=None):
+        super().__init__(alpha, p, stop_pct, pairing, bank)
 
 # %% ../nbs/12_mixup.ipynb #44a974c2
 def mixed_batch(
@@ -225,8 +235,8 @@ class CutMix(MixHandler):
     func = staticmethod(cutmix_batch)
     det_func = staticmethod(cutmix_detection)
     def __init__(self, alpha:float=1., per_sample:bool=False, p:float=1., stop_pct:float=1., mask_targets:bool|tuple|None=None,
-                 pairing:str|LabelKernel='random', min_visibility:float=.2):
-        super().__init__(alpha, p, stop_pct, pairing)
+                 pairing:str|LabelKernel='random', min_visibility:float=.2, bank:PartnerBank|None=None):
+        super().__init__(alpha, p, stop_pct, pairing, bank)
         self.per_sample,self.mask_targets = check_flag(per_sample, 'per_sample'),mask_targets
         self.min_visibility = check_prob(min_visibility, 'min_visibility')
 
@@ -236,19 +246,19 @@ class CutMixUp(MixHandler):
     _sched = ('mixup_alpha', 'cutmix_alpha', 'switch_prob', 'p')
     func = staticmethod(cutmixup_batch)
     def __init__(self, mixup_alpha:float=.4, cutmix_alpha:float=1., switch_prob:float=.5, per_sample:bool=False, p:float=1., stop_pct:float=1.,
-                 mask_targets:bool|tuple|None=None, pairing:str|LabelKernel='random'):
+                 mask_targets:bool|tuple|None=None, pairing:str|LabelKernel='random', bank:PartnerBank|None=None):
         self.mixup_alpha,self.cutmix_alpha = check_sched(mixup_alpha, 'mixup_alpha', check_alpha),check_sched(cutmix_alpha, 'cutmix_alpha', check_alpha)
         self.switch_prob,self.per_sample = check_sched(switch_prob, 'switch_prob'),check_flag(per_sample, 'per_sample')
         self.mask_targets = mask_targets
-        super().__init__(mixup_alpha, p, stop_pct, pairing)
+        super().__init__(mixup_alpha, p, stop_pct, pairing, bank)
 
 # %% ../nbs/12_mixup.ipynb #3160a4d8
 class ResizeMix(MixHandler):
     "Implementation of https://arxiv.org/abs/2012.11101: paste each image's whole partner, resized, into a box"
     func = staticmethod(resizemix_batch)
     def __init__(self, alpha:float=1., scope:tuple=(0.1, 0.8), per_sample:bool=False, p:float=1., stop_pct:float=1.,
-                 mask_targets:bool|tuple|None=None, pairing:str|LabelKernel='random'):
-        super().__init__(alpha, p, stop_pct, pairing)
+                 mask_targets:bool|tuple|None=None, pairing:str|LabelKernel='random', bank:PartnerBank|None=None):
+        super().__init__(alpha, p, stop_pct, pairing, bank)
         self.scope,self.per_sample,self.mask_targets = check_scope(scope),check_flag(per_sample, 'per_sample'),mask_targets
 
 # %% ../nbs/12_mixup.ipynb #f8ededcc
@@ -256,8 +266,8 @@ class FMix(MixHandler):
     "Implementation of https://arxiv.org/abs/2002.12047: paste from each sample's partner where low-frequency noise is lowest"
     func = staticmethod(fmix_batch)
     def __init__(self, alpha:float=1., decay_power:float=3., max_soft:float=0., per_sample:bool=False, p:float=1., stop_pct:float=1.,
-                 mask_targets:bool|tuple|None=None, pairing:str|LabelKernel='random'):
-        super().__init__(alpha, p, stop_pct, pairing)
+                 mask_targets:bool|tuple|None=None, pairing:str|LabelKernel='random', bank:PartnerBank|None=None):
+        super().__init__(alpha, p, stop_pct, pairing, bank)
         self.decay_power,self.max_soft = check_positive(decay_power, 'decay_power'),check_soft(max_soft)
         self.per_sample,self.mask_targets = check_flag(per_sample, 'per_sample'),mask_targets
 
@@ -276,9 +286,10 @@ class Mosaic(MixHandler):
         mixup_p:float=0., # Chance that a batch of mosaics is then mixed by MixUp; or a schedule
         mixup_alpha:float=1.5, # The MixUp's concentration of `Beta(alpha, alpha)`
         fill:float=0., # The value of the pixels no image covers (with `scale` only)
-        stop_pct:float=1. # Stop mixing once this fraction of training is done
+        stop_pct:float=1., # Stop mixing once this fraction of training is done
+        bank:PartnerBank|None=None # Of class labels or masks: draw partners from the batch and this bank of earlier images together
     ):
-        super().__init__(1., p, stop_pct)
+        super().__init__(1., p, stop_pct, bank=bank)
         self.per_sample = check_flag(per_sample, 'per_sample')
         self.min_visibility,(self.scale,self.centre) = check_prob(min_visibility, 'min_visibility'),(scale,check_mosaic(scale, centre)[1])
         self.mixup_p,self.mixup_alpha,self.fill = check_sched(mixup_p, 'mixup_p'),check_alpha(mixup_alpha, 'mixup_alpha'),fill
@@ -308,7 +319,8 @@ class MixChoice(MixHandler):
         weights:tuple|None=None, # One weight per method, each a number or a schedule (default: all alike)
         per_sample:bool=False, # Choose for each sample (every method mixes with the same partners) instead of for the batch
         stop_pct:float=1., # Stop mixing once this fraction of training is done
-        pairing:str|LabelKernel='random' # Per sample: who is paired with whom (each method's own pairing applies per batch)
+        pairing:str|LabelKernel='random', # Per sample: who is paired with whom (each method's own pairing applies per batch)
+        bank:PartnerBank|None=None # Draw partners from the batch and this bank of earlier samples together, for every method
     ):
         if not cbs or not all(isinstance(cb, MixHandler) and not isinstance(cb, MixChoice) for cb in cbs): raise TypeError(
             f"MixChoice chooses among mixing callbacks, e.g. MixChoice(MixUp(.4), CutMix(1.)), got {cbs!r}")
@@ -316,6 +328,12 @@ class MixChoice(MixHandler):
             if type(cb).lf is not MixHandler.lf: raise TypeError(
                 f"{type(cb).__name__} computes its own loss (`lf`), and MixChoice computes every batch's loss from the mix alone, so that loss "
                 f"would never be called: train with {type(cb).__name__} alone, or make its loss the Learner's `loss_func`")
+        for cb in cbs:
+            if cb.bank is not None: raise ValueError(f"{type(cb).__name__} has a bank, and MixChoice mixes its methods' batches: give the bank to "
+                                                     "MixChoice, MixChoice(..., bank=PartnerBank(size)), and none to the methods")
+            if bank is not None and type(cb).mix is not MixHandler.mix: raise ValueError(
+                f"{type(cb).__name__} mixes through a `mix` of its own, which reads the batch alone: with a bank, choose among methods "
+                "that mix through their function, or give the bank to it alone")
         self.cbs,self.weights = cbs,check_weights(weights, len(cbs), lambda w, name: check_sched(w, name, check_weight))
         self.per_sample,self.choice = check_flag(per_sample, 'per_sample'),None
         if self.per_sample:
@@ -323,7 +341,7 @@ class MixChoice(MixHandler):
                 if 'shift' not in inspect.signature(cb.mix).parameters: raise TypeError(
                     f"per_sample=True mixes every method with the same partners, so each `mix` must take `shift`: {type(cb).__name__}.mix doesn't")
                 cb.inplace = False  # each method mixes the batch as it came
-        super().__init__(1., 1., stop_pct, pairing)
+        super().__init__(1., 1., stop_pct, pairing, bank)
 
     def _methods(self)->tuple: return self.cbs
     def after_fit(self): super().after_fit(); self.choice = None
@@ -332,12 +350,15 @@ class MixChoice(MixHandler):
         "`mixchoice_batch` with this batch's weights and each method's mixing function with its settings (a method with a `mix` of its own mixes through it)"
         for cb in self.cbs: cb.pct = self.pct
         fs = [cb.mixer() if type(cb).mix is MixHandler.mix else partial(_own_mix, cb) for cb in self.cbs]
-        return partial(mixchoice_batch, fs=fs, weights=[self.at(w) for w in self.weights], per_sample=self.per_sample, pairing=self.pairing)
+        return partial(mixchoice_batch, fs=fs, weights=[self.at(w) for w in self.weights], per_sample=self.per_sample, pairing=self.pairing,
+                       bank=self.bank)
 
     def mix(self, shift=None)->Mixed:
         "The batch mixed by the method drawn for it, or for each sample by the method drawn for that sample; `choice` is the method of the batch, or of each sample"
         m = super().mix(shift)
-        self.choice = self.params.choice
+        r = self.params.params if isinstance(self.params, BankParams) else self.params
+        # with a bank, the record is the batch's and the drawn rows': this batch's samples are the first
+        self.choice = r.choice[:len(m.xb[0])] if isinstance(r.choice, Tensor) and r.choice.ndim else r.choice
         return m
 
 # %% ../nbs/12_mixup.ipynb #da16e1d1
@@ -345,6 +366,6 @@ class RICAP(MixHandler):
     "Implementation of https://arxiv.org/abs/1811.09030: each image made of four random crops, of itself and three partners, its label weighted by their areas"
     func = staticmethod(ricap_batch)
     def __init__(self, alpha:float=.3, per_sample:bool=False, p:float=1., stop_pct:float=1., mask_targets:bool|tuple|None=None,
-                 pairing:str|LabelKernel='random'):
-        super().__init__(alpha, p, stop_pct, pairing)
+                 pairing:str|LabelKernel='random', bank:PartnerBank|None=None):
+        super().__init__(alpha, p, stop_pct, pairing, bank)
         self.per_sample,self.mask_targets = check_flag(per_sample, 'per_sample'),mask_targets

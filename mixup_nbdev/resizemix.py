@@ -45,6 +45,7 @@ def _draw_resizemix(x0, ys, size, alpha, scope, per_sample, p, draws, pairing, s
     box = tuple(slice(o, o+c) for o, c in ((draw_int(0, s-c+1), c) for s, c in zip(size, cut)))
     return ResizeMixParams(shift, box_lam(size, box), cut, box)
 
+@banking
 def resizemix_batch(
     xb:Tensor|tuple, # Inputs `(bs, C, *size)`: a tensor, or a tuple of them
     yb:Tensor|tuple=(), # Targets: a tensor, or a tuple of them
@@ -58,7 +59,8 @@ def resizemix_batch(
     inplace:bool=False, # Batch-level box only: paste into the given tensors instead of copies
     pairing:str|LabelKernel='random', # Who is paired with whom: 'random', 'same_class', 'other_class' or a `LabelKernel`
     shift:int|Tensor|None=None, # The partners, when given (`MixChoice` gives every method the same); default: drawn as `pairing` says
-    params:ResizeMixParams|None=None # A record from `draw_resizemix` to apply, drawing nothing; default: drawn for this batch
+    params:ResizeMixParams|None=None, # A record from `draw_resizemix` to apply, drawing nothing; default: drawn for this batch
+    bank:PartnerBank|None=None # Draw partners from the batch and this bank of earlier samples together; default: from the batch
 )->Mixed:
     "ResizeMix (https://arxiv.org/abs/2012.11101): paste each sample's whole partner, resized, into a box; `lam` is the exact fraction each sample kept"
     per_sample = check_flag(per_sample, 'per_sample')

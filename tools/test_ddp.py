@@ -12,6 +12,8 @@
    and no hook is left on the model after the fit;
 6. SaliencyMix and RegMixup (whose shards are doubled: the clean samples, then their mixed copies) train on 2 ranks
    with the checks of 1.
+7. MixUp with `PartnerBank(8, across_ranks=True)` at 4 samples a rank trains with the checks of 1., and every batch's
+   record holds the other rank's batch of that step (its targets and its unmixed inputs) as partners.
 Every launch runs under a watchdog that kills all its processes if it overruns, so a hang cannot block CI.
 """
 from __future__ import annotations
@@ -30,6 +32,7 @@ def worker(a):
     from torch import nn
     from fastai.vision.all import ConvLayer, ResBlock, Flatten
     from mixup_nbdev.mixup import MixHandler
+    from mixup_nbdev.functional import BankParams, PartnerBank
     import mixup_nbdev.manifold  # so that `make_mixer` knows 'manifoldmixup' and 'outputmixup'
 
     class Fingerprint(Callback):
@@ -39,9 +42,18 @@ def worker(a):
         def before_batch(self):
             if not self.training or self.iter >= self.n: return
             mix = self.learn.cbs.filter(lambda o: isinstance(o, MixHandler))[0]
-            self.batches.append(dict(epoch=self.epoch, iter=self.iter, y=self.yb[0].tolist(),
-                                     lam=torch.as_tensor(mix.lam).flatten().tolist(), shift=int(mix.shift),
-                                     x=float(self.xb[0].double().sum())))
+            b = dict(epoch=self.epoch, iter=self.iter, y=self.yb[0].tolist(), lam=torch.as_tensor(mix.lam).flatten().tolist(),
+                     shift=torch.as_tensor(mix.shift).tolist(), x=float(self.xb[0].double().sum()), raw_x=self.raw_x)
+            if isinstance(mix.params, BankParams):  # the other rank's batch, first among the rows drawn as partners
+                bs = len(b['y'])
+                b.update(other_y=mix.params.rows[1][:bs].tolist(), other_x=float(mix.params.rows[0][:bs].double().sum()))
+            self.batches.append(b)
+
+    class RawX(Callback):
+        "The unmixed inputs' sum, for `Fingerprint`"
+        order = MixHandler.order - 1
+        def __init__(self, fp): self.fp = fp
+        def before_batch(self): self.fp.raw_x = float(self.xb[0].double().sum())
 
     class Fault(Callback):
         "On rank `rank`, in training batch `it` of epoch 0, raise or hang (after the forward pass, before the gradient all-reduce)"
@@ -107,7 +119,9 @@ def worker(a):
         lf, model = learn.loss_func, learn.model
         fp = Fingerprint()
         inside = [InsideSpy()] if a.mix in ('manifoldmixup', 'outputmixup') else []
-        cbs = [ex.make_mixer(a.mix), fp] + inside + ([Fault(a.fail_rank, 3, a.fail_mode)] if a.fail_mode else [])
+        mixer = ex.make_mixer(a.mix)
+        if a.bank: mixer = type(mixer)(bank=PartnerBank(a.bank, across_ranks=True))
+        cbs = [mixer, fp, RawX(fp)] + inside + ([Fault(a.fail_rank, 3, a.fail_mode)] if a.fail_mode else [])
         ex.fit_distributed(learn, a.epochs, 1e-2, cbs, a.seed, cpu=True, timeout=a.timeout)
         mix = learn.cbs.filter(lambda o: isinstance(o, MixHandler))
     res = dict(rank=rank, world_size=num_distrib(), backend=torch.distributed.get_backend(),
@@ -236,6 +250,13 @@ def driver(a, tmp):
     for name, f in runs.items():
         rc, secs, log = f.result()
         healthy(check, rc, secs, log, load(tmp/name), name, 1, a.bs * (2 if name == 'RegMixup' else 1))
+    # 7. partners from both ranks: a bank across ranks, at 4 samples a rank
+    rc, secs, log = launch(tmp/'bank', '--mix', 'mixup', '--epochs', 1, '--bs', 4, '--bank', 8, limit=180)
+    r = load(tmp/'bank')
+    if healthy(check, rc, secs, log, r, 'MixUp(bank=PartnerBank(8, across_ranks=True))', 1, 4):
+        b0, b1 = r[0]['batches'], r[1]['batches']
+        check(all(p.get('other_y') == q['y'] and p.get('other_x') == q['raw_x'] for p, q in (*zip(b0, b1), *zip(b1, b0))),
+              "with a bank across ranks, each batch's partners include the other rank's batch of that step (its targets and inputs)")
     return check.failed
 
 if __name__ == '__main__':
@@ -248,6 +269,7 @@ if __name__ == '__main__':
     p.add_argument('--seed', type=int, default=42)
     p.add_argument('--timeout', type=float, default=60, help='collective timeout of the process group, seconds (worker)')
     p.add_argument('--hang_timeout', type=float, default=20, help='collective timeout in the hanging-rank launch (driver)')
+    p.add_argument('--bank', type=int, default=0, help='a PartnerBank of this size, across ranks (worker)')
     p.add_argument('--fail_rank', type=int, default=1)
     p.add_argument('--fail_mode', choices=['raise', 'hang'])
     p.add_argument('--model', choices=['small_cnn', 'res_cnn'], default='small_cnn', help="small_cnn, or a CNN with residual blocks (worker)")

@@ -1,0 +1,105 @@
+"""What a `PartnerBank` costs: each mixing function's per-batch time with a bank against the same call without one,
+interleaved in one process, at the small batches a bank is for; and the bank's memory against `size` samples.
+
+Usage: python bench/bench_bank.py [--rounds 3] [--out bench/results_bank.json] [--smoke]
+
+Each row times the call with a full bank (`PartnerBank(64)`, filled by earlier calls) and without one, alternately, 9
+samples of repeated calls each, with one torch thread; its figure is the median of the per-sample ratios (with /
+without), then the median over the rounds, each round a fresh process. `gather` is what drawing from the bank alone costs
+(`bank.pool`: the draw of the rows, and the batch and those rows written into one tensor), as a ratio to the call
+without a bank: the bank's cost beyond it is the method's work on the rows drawn, which it mixes with the batch, and
+putting the batch into the bank. The last row of each case is what matters in training: a whole step of a small CNN
+(the mix, forward, loss, backward, SGD) with CutMix, with the bank against without.
+"""
+import argparse, json, os, statistics, subprocess, sys
+from functools import partial
+from pathlib import Path
+from bench_sources import calls, sample  # this folder is on the path of a script run from it
+
+CASES = {'224², 2 a batch': (2, 224), '224², 8 a batch': (8, 224), '32², 32 a batch': (32, 32)}
+
+
+def worker(smoke:bool)->dict:
+    "Every row's seconds without a bank and its ratio with one, sample by sample"
+    import torch
+    import mixup_nbdev.functional as mf
+    torch.set_num_threads(1)
+    fs = {'mixup_batch': mf.mixup_batch, 'cutmix_batch': mf.cutmix_batch,
+          'cutmix_batch per sample': partial(mf.cutmix_batch, per_sample=True),
+          'ricap_batch': mf.ricap_batch, 'mosaic_batch': mf.mosaic_batch}
+    res, n_samples = {}, 2 if smoke else 9
+    for case, (bs, side) in CASES.items():
+        if smoke: side = 16
+        torch.manual_seed(0)
+        x, y = torch.rand(bs, 3, side, side), torch.randint(0, 1000, (bs,))
+        targets = mf.pad_targets([dict(boxes=torch.tensor([[4., 4., side/2, side/2]]), labels=torch.tensor([1]))] * bs, (side, side))[0]
+        rows = dict(fs, **{'mosaic_detection (images, boxes)': lambda x, y, **kw: mf.mosaic_detection(x, targets, **kw)})
+        for row, f in rows.items():
+            bank = mf.PartnerBank(64)
+            for _ in range(64 // bs + 1): f(x, y, bank=bank)  # full
+            plain, banked = (lambda: f(x, y)), (lambda: f(x, y, bank=bank))
+            gather = (lambda: bank.pool((x, y))) if row in fs else None  # a detection bank holds the boxes too
+            n = calls(plain, .002 if smoke else .02)
+            a, b, g = [], [], []
+            for _ in range(n_samples):
+                a.append(sample(plain, n)); b.append(sample(banked, n))
+                if gather: g.append(sample(gather, n))
+            res[f'{case}|{row}'] = dict(s=statistics.median(a), with_bank=statistics.median(p / q for p, q in zip(b, a)),
+                                       gather=statistics.median(p / q for p, q in zip(g, a)) if g else float('nan'))
+        # what matters in training: a whole step, forward and backward of a small CNN, with the mix and its loss
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(*[m for c0, c1 in ((3, 16), (16, 32), (32, 64)) for m in (torch.nn.Conv2d(c0, c1, 3, 2, 1), torch.nn.ReLU())],
+                                    torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(64, 1000))
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+        def step(bank=None):
+            m = mf.cutmix_batch(x, y, bank=bank)
+            loss = m.loss(torch.nn.functional.cross_entropy, model(m.xb[0]))
+            opt.zero_grad(); loss.backward(); opt.step()
+        bank = mf.PartnerBank(64)
+        for _ in range(64 // bs + 1): step(bank)
+        n = calls(step, .002 if smoke else .05)
+        a, b = [], []
+        for _ in range(n_samples): a.append(sample(step, n)); b.append(sample(lambda: step(bank), n))
+        res[f'{case}|a training step of a small CNN (cutmix_batch)'] = dict(s=statistics.median(a), with_bank=statistics.median(p / q for p, q in zip(b, a)),
+                                                                          gather=float('nan'))
+        bank = mf.PartnerBank(64)
+        mf.mixup_batch(x, y, bank=bank)
+        res[f'{case}|memory'] = dict(bank_bytes=sum(r.nbytes for r in bank.rows), size_samples_bytes=64 * (x[0].nbytes + y[0].nbytes))
+    return res
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('--rounds', type=int, default=3)
+    ap.add_argument('--out', default=str(Path(__file__).with_name('results_bank.json')))
+    ap.add_argument('--smoke', action='store_true', help='tiny batches, one round, nothing written: checks that the code runs')
+    ap.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker: return print(json.dumps(worker(args.smoke)))
+    here = str(Path(__file__).resolve().parents[1])
+    runs = []
+    for r in range(1 if args.smoke else args.rounds):
+        env = dict(os.environ, PYTHONPATH=here, OMP_NUM_THREADS='1')
+        cmd = [sys.executable, __file__, '--worker'] + (['--smoke'] if args.smoke else [])
+        out = subprocess.run(cmd, env=env, cwd='/', capture_output=True, text=True, check=True)
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(f'round {r+1}', flush=True)
+    res = {}
+    for key, d0 in runs[0].items():
+        case, row = key.split('|')
+        if row == 'memory':
+            res[key] = dict(case=case, row=row, **d0)
+            continue
+        res[key] = dict(case=case, row=row, ms=statistics.median(run[key]['s'] for run in runs) * 1e3,
+                        with_bank=statistics.median(run[key]['with_bank'] for run in runs),
+                        with_bank_rounds=[round(run[key]['with_bank'], 3) for run in runs],
+                        gather=statistics.median(run[key]['gather'] for run in runs))
+    w = max(len(k) for k in res)
+    print(f"{'row':{w}}  ms (no bank)  with bank / without  (rounds)  gather / without")
+    for k, d in res.items():
+        if d['row'] == 'memory': print(f"{k:{w}}  bank {d['bank_bytes']} bytes, 64 samples {d['size_samples_bytes']} bytes")
+        else: print(f"{k:{w}}  {d['ms']:11.3f}  {d['with_bank']:19.3f}  {d['with_bank_rounds']}  {d['gather']:.3f}")
+    bad = [k for k, d in res.items() if d['row'] == 'memory' and d['bank_bytes'] != d['size_samples_bytes']]
+    if bad: sys.exit(f"a bank's memory is not exactly its size in samples: {bad}")
+    if not args.smoke: Path(args.out).write_text(json.dumps(dict(rounds=args.rounds, threads=1, rows=res), indent=1))
+
+if __name__ == '__main__': main()
