@@ -458,7 +458,7 @@ class PartnerBank:
         ts, bs = tuple(as_plain(t) for t in ts), ts[0].shape[0]
         ranks = self.across_ranks and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         others = tuple(_other_ranks(t.detach()) for t in ts) if ranks else None
-        idx = torch.randperm(self.n, device=self.rows[0].device)[:min(self.n, self.draw or max(bs, 3))] if self.n else None
+        idx = draw_ids(self.n, min(self.n, self.draw or max(bs, 3)), self.rows[0].device) if self.n else None
         k = 0 if others is None else len(others[0])
         n = bs + k + (0 if idx is None else len(idx))
         if n == bs: return ts, None

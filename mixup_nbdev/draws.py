@@ -13,9 +13,10 @@ from .core import *
 from .core import _const, as_plain
 
 # %% auto #0
-__all__ = ['DRAW', 'draw_uniform', 'draw_normal', 'draw_coin', 'draw_int', 'sample_lam', 'host_lam', 'draw_shift', 'has_partners',
-           'self_paired', 'LabelKernel', 'check_pairing', 'draw_partners', 'draw_pairing', 'draw_sources', 'DrawAhead',
-           'draw_rows', 'draw_choice', 'given_record', 'check_fits', 'drawing', 'draw_of', 'check_record', 'mixing']
+__all__ = ['DRAW', 'draw_uniform', 'draw_normal', 'draw_coin', 'draw_int', 'draw_ids', 'sample_lam', 'host_lam', 'draw_shift',
+           'has_partners', 'self_paired', 'LabelKernel', 'check_pairing', 'draw_partners', 'draw_pairing',
+           'draw_sources', 'DrawAhead', 'draw_rows', 'draw_choice', 'given_record', 'check_fits', 'drawing', 'draw_of',
+           'check_record', 'mixing']
 
 # %% ../nbs/01_draws.ipynb #70a3157e
 def draw_uniform(
@@ -44,6 +45,14 @@ def draw_int(
 )->int:
     "An integer uniform in `lo..hi-1`, drawn on the host by torch's CPU generator"
     return torch.randint(lo, hi, ()).item()
+
+def draw_ids(
+    n:int, # How many to choose from, `0..n-1`
+    k:int, # How many to draw, at most `n`
+    device=None # Where to draw them: the batch's device
+)->Tensor:
+    "`k` distinct indices of `0..n-1`, in an order drawn on `device` (a `PartnerBank` draws its samples so), with no host-device sync"
+    return torch.randperm(n, device=device)[:k]
 
 # %% ../nbs/01_draws.ipynb #1169b32d
 def sample_lam(
