@@ -4,11 +4,9 @@
 
 # %% ../nbs/03_blend.ipynb #1e7f8a02
 from __future__ import annotations
-import inspect, math
-from functools import wraps
+import math
 from typing import NamedTuple
 import torch
-import torch.distributed as dist
 from torch import Tensor
 from .core import *
 from .core import _bcast, check_float, as_type_of, mask_target_ids, as_plain, is_spatial, batch_tensors
@@ -18,8 +16,7 @@ from .loss import *
 
 # %% auto #0
 __all__ = ['partner', 'mix_tensor', 'Mixed', 'unmix_alone', 'unmixed_batch', 'mix_targets', 'mix_source_targets', 'paste_box',
-           'paste_mask', 'mask_lam', 'paste_batch', 'mask_paster', 'soft_paster', 'mix_by_mask', 'check_sources',
-           'PartnerBank', 'BankParams', 'bank_signature', 'bank_call', 'banking']
+           'paste_mask', 'mask_lam', 'paste_batch', 'mask_paster', 'soft_paster', 'mix_by_mask', 'check_sources']
 
 # %% ../nbs/03_blend.ipynb #411e32f4
 def partner(
@@ -409,144 +406,3 @@ def check_sources(
     if label_weights and not torch.allclose(m.soft_targets(bs).cpu(), expect, atol=1e-5): raise AssertionError(
         "the soft targets don't weigh the labels as the pixels: give the targets of each source its weight")
     return m
-
-# %% ../nbs/03_blend.ipynb #24882689
-def _other_ranks(t:Tensor)->Tensor:
-    "Every other rank's `t`, one after the other in rank order: one `all_gather` (ranks must have batches of one size)"
-    out = [torch.empty_like(t) for _ in range(dist.get_world_size())]
-    dist.all_gather(out, t.contiguous())
-    r = dist.get_rank()
-    return torch.cat(out[:r] + out[r+1:])
-
-class PartnerBank:
-    "The last `size` samples of training (inputs and targets), kept on the batch's device to be drawn as partners: for batches too small to pair within"
-    def __init__(self,
-        size:int=64, # How many samples it keeps: its memory is `size` samples; 0 with `across_ranks`: none, the other ranks' batches only
-        draw:int|None=None, # How many of its samples a batch draws; default: as many as the batch has, and at least 3
-        across_ranks:bool=False # Under `torch.distributed`, every other rank's batch are partners too (an `all_gather` of each of the batch's tensors)
-    ):
-        if not isinstance(size, int) or isinstance(size, bool) or size < (0 if across_ranks else 1): raise ValueError(
-            f"size={size!r}: a bank keeps a whole number of samples, at least 1 (or 0, with across_ranks=True, for the other ranks' batches alone)")
-        if draw is not None and (not isinstance(draw, int) or draw < 1): raise ValueError(f"draw={draw!r}: give how many samples a batch draws, at least 1, or None")
-        self.size,self.draw,self.across_ranks,self.rows,self.n,self.pos = size,draw,check_flag(across_ranks, 'across_ranks'),None,0,0
-
-    def __len__(self)->int: return self.n
-    def __repr__(self)->str: return f"PartnerBank(size={self.size}, draw={self.draw}, across_ranks={self.across_ranks}) holding {self.n}"
-
-    def add(self,
-        ts:tuple # The batch's tensors, inputs then targets, each `(bs, ...)`
-    ):
-        "Keep the samples of `ts`, detached, in place of the oldest (the last `size` of them if the batch is larger)"
-        if not self.size: return
-        ts = tuple(as_plain(t).detach() for t in ts)
-        if self.rows is None: self.rows = tuple(t.new_empty(self.size, *t.shape[1:]) for t in ts)
-        kept, given = [(r.dtype, *r.shape[1:]) for r in self.rows], [(t.dtype, *t.shape[1:]) for t in ts]
-        if kept != given: raise ValueError(f"the bank holds samples of {kept} (dtype, shape of each input and target), and this batch's are {given}: "
-                                           "a bank keeps samples of one kind; use a new `PartnerBank` for other data")
-        bs = ts[0].shape[0]
-        keep = min(bs, self.size)
-        first = min(keep, self.size - self.pos)  # the rows up to the end of the ring; the rest wrap round to its start
-        for r, t in zip(self.rows, ts):
-            r[self.pos:self.pos+first] = t[bs-keep:bs-keep+first]
-            r[:keep-first] = t[bs-keep+first:]
-        self.pos,self.n = (self.pos + keep) % self.size,min(self.n + keep, self.size)
-
-    def pool(self,
-        ts:tuple # The batch's tensors, inputs then targets, each `(bs, ...)`
-    )->tuple:
-        "The batch with the rows it draws as partners after it, each tensor written once: with `across_ranks`, every other rank's batch, then `draw` of the bank's samples (each at most once, in an order from the device's generator); and those rows, views of the pool: None if there are none"
-        ts, bs = tuple(as_plain(t) for t in ts), ts[0].shape[0]
-        ranks = self.across_ranks and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-        others = tuple(_other_ranks(t.detach()) for t in ts) if ranks else None
-        idx = draw_ids(self.n, min(self.n, self.draw or max(bs, 3)), self.rows[0].device) if self.n else None
-        k = 0 if others is None else len(others[0])
-        n = bs + k + (0 if idx is None else len(idx))
-        if n == bs: return ts, None
-        pool = tuple(t.new_empty(n, *t.shape[1:]) for t in ts)
-        for i, p in enumerate(pool):
-            p[:bs] = ts[i]
-            if k: p[bs:bs+k] = others[i]
-            if idx is not None: torch.index_select(self.rows[i], 0, idx, out=p[bs+k:])  # one gather, into its place
-        return pool, tuple(p[bs:] for p in pool)
-
-    def state(self)->tuple: return self.n, self.pos, None if self.rows is None else tuple(r.clone() for r in self.rows)
-    def set_state(self, s:tuple):
-        "Put back a `state()`: `check_record` draws twice from the same bank"
-        self.n, self.pos, rows = s
-        self.rows = None if rows is None else tuple(r.clone() for r in rows)
-
-    def __getstate__(self)->dict: return {**self.__dict__, 'rows': None, 'n': 0, 'pos': 0}  # pickled (`learn.export`) empty
-
-# %% ../nbs/03_blend.ipynb #fff11953
-class BankParams(NamedTuple):
-    "What a mixing function given a `PartnerBank` draws for a batch: the bank's samples it drew (inputs then targets), and the method's record for the batch with them appended"
-    rows:tuple|None # The samples drawn from the bank, each `(m, ...)`; None when it was empty
-    params:tuple # The method's record, drawn for the batch and `rows` together
-
-def _with_rows(ts:tuple, rows:tuple|None)->tuple:
-    "Each tensor of `ts` with the bank's rows appended, in its own type"
-    return ts if rows is None else tuple(as_type_of(torch.cat([as_plain(t), r]), t) for t, r in zip(ts, rows))
-
-def _first_rows(m:Mixed, bs:int, ys:tuple)->Mixed:
-    "The first `bs` samples of `m`, mixed from a batch with rows of a bank appended: their sources index `ys`, its targets"
-    cut = lambda ts: None if ts is None else tuple(t[:bs] for t in ts)
-    lam = m.lam if m.lam.ndim == 0 else m.lam[:bs]
-    return Mixed(cut(m.xb), cut(m.yb), cut(m.yb1), lam, m.perm[:bs], m.sources[:bs], m.weights[:bs], ys)
-
-def bank_signature(
-    f, # A mixing function that takes `bank` and `params`
-    names:tuple # The other arguments it must take
-)->tuple:
-    "`f`'s signature and the position of its `bank`, for a decorator that gives `f` a bank (`banking`, `banking_detection`); or the error naming what it lacks"
-    sig = inspect.signature(f)
-    for a in ('bank', 'params', *names):
-        if a not in sig.parameters: raise TypeError(f"`{f.__name__}` must take `{a}` to draw partners from a bank")
-    return sig, list(sig.parameters).index('bank')
-
-def bank_call(
-    sig:inspect.Signature, # The mixing function's signature, from `bank_signature`
-    nargs:int, # The position of its `bank`
-    args:tuple, kwargs:dict # The call's arguments
-)->tuple|None:
-    "The call's bound arguments (with `bank=None`, for the function itself), its bank and its record; None when it gives no bank and no `BankParams` to apply, so that the function runs as it is"
-    if len(args) <= nargs and kwargs.get('bank') is None and not isinstance(kwargs.get('params'), BankParams): return None
-    b = sig.bind(*args, **kwargs)
-    bank, params = b.arguments.get('bank'), b.arguments.get('params')
-    if bank is not None and b.arguments.get('shift') is not None: raise ValueError(
-        "`shift` gives partners within the batch, and `bank` draws them from the batch and the bank together: give one or the other")
-    b.arguments['bank'] = None
-    return b, bank, params
-
-def banking(
-    f # A mixing function `f(xb, yb, ..., bank, params)` that returns a `Mixed`; it is called with `bank=None`
-):
-    "Decorator: `f` draws partners from the batch and `bank`'s samples together, keeps them in its record (`BankParams`), and puts the batch into the bank"
-    sig, nargs = bank_signature(f, ('xb', 'yb', 'shift'))
-    @wraps(f)
-    def banked(*args, **kwargs):
-        call = bank_call(sig, nargs, args, kwargs)
-        if call is None: return f(*args, **kwargs)
-        b, bank, params = call
-        xs, ys = as_tuple(b.arguments['xb']), as_tuple(b.arguments.get('yb', ()))
-        bad = [i for i, t in enumerate(xs + ys) if not isinstance(t, Tensor) or t.ndim == 0 or t.shape[0] != as_plain(xs[0]).shape[0]]
-        if bad: raise ValueError(f"a bank keeps samples, so every input and target must be a tensor of the batch's samples `(bs, ...)`; "
-                                 f"items {bad} of the inputs then targets are not")
-        def with_rows(rows):
-            "The batch with `rows` appended"
-            b.arguments.update(xb=_with_rows(xs, rows[:len(xs)] if rows else None), yb=_with_rows(ys, rows[len(xs):] if rows else None))
-        def run(p):
-            b.arguments['params'] = p
-            return f(*b.args, **b.kwargs)
-        if isinstance(params, BankParams): with_rows(params.rows)
-        else:
-            if params is not None and params is not DRAW: return f(*b.args, **b.kwargs)  # a record drawn without a bank
-            pool, rows = bank.pool(xs + ys)  # drawn for, then applied to, the same larger batch
-            b.arguments.update(xb=tuple(map(as_type_of, pool[:len(xs)], xs)), yb=tuple(map(as_type_of, pool[len(xs):], ys)))
-            r = BankParams(rows, run(DRAW))
-            bank.add(xs + ys)  # after drawing: a sample is never its own partner
-            if params is DRAW: return r
-            params = r
-        m = run(params.params)
-        return m if params.rows is None else _first_rows(m, as_plain(xs[0]).shape[0], as_tuple(b.arguments['yb']))
-    drawing(banked)  # its own draw function, which takes `bank` (`wraps` copied `f`'s, which would ignore it)
-    return banked
