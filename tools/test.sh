@@ -48,6 +48,7 @@ check "bench: the Manifold Mixup benchmark runs, on tiny sizes (bench/bench_mani
 check "bench: the guided methods' benchmark runs, on tiny sizes (bench/bench_guided.py --smoke)" python bench/bench_guided.py --smoke
 check "bench: the detection benchmark runs, on tiny sizes (bench/bench_detection.py --smoke)" python bench/bench_detection.py --smoke
 check "bench: the bank benchmark runs, on tiny sizes, and a bank's memory is its size in samples (bench/bench_bank.py --smoke)" python bench/bench_bank.py --smoke
+check "bench: the benchmark of partners across ranks runs, on 2 CPU ranks and tiny sizes (bench/bench_bank_ranks.py --smoke)" python bench/bench_bank_ranks.py --smoke
 check "distributed: 2 CPU ranks under torchrun, mixing, failures (tools/test_ddp.py)" python tools/test_ddp.py
 # the package as users install it (tools/test_user_env.py): the wheel, then fresh venvs with no nbdev
 check "user env: sdist and wheel build, twine check passes" python tools/test_user_env.py build
