@@ -19,6 +19,33 @@ from bench_sources import calls, sample  # this folder is on the path of a scrip
 CASES = {'224², 2 a batch': (2, 224), '224², 8 a batch': (8, 224), '32², 32 a batch': (32, 32)}
 
 
+def small_cnn():
+    "The small CNN whose training step is the last row of each case: three strided convolutions, 1000 classes"
+    import torch.nn as nn
+    return nn.Sequential(*[m for c0, c1 in ((3, 16), (16, 32), (32, 64)) for m in (nn.Conv2d(c0, c1, 3, 2, 1), nn.ReLU())],
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 1000))
+
+def arguments(out:str):
+    "The command line both bank benchmarks take; `out` is the default results file, next to this script"
+    ap = argparse.ArgumentParser(description=sys.modules['__main__'].__doc__.splitlines()[0])
+    ap.add_argument('--rounds', type=int, default=3)
+    ap.add_argument('--out', default=str(Path(__file__).with_name(out)))
+    ap.add_argument('--smoke', action='store_true', help='tiny batches, one round, nothing written: checks that the code runs')
+    ap.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
+    return ap.parse_args()
+
+def merged(runs:list, ratio:str)->dict:
+    "Each row's figures over the rounds `runs`: the median time in ms, the median of its ratio `ratio` (and each round's), and of `gather`"
+    res = {}
+    for key, d0 in runs[0].items():
+        case, row = key.split('|')
+        if 's' not in d0: res[key] = dict(case=case, row=row, **d0); continue  # not timed (the memory row)
+        res[key] = dict(case=case, row=row, ms=statistics.median(run[key]['s'] for run in runs) * 1e3,
+                        **{ratio: statistics.median(run[key][ratio] for run in runs), f'{ratio}_rounds': [round(run[key][ratio], 3) for run in runs]},
+                        gather=statistics.median(run[key]['gather'] for run in runs))
+    return res
+
+
 def worker(smoke:bool)->dict:
     "Every row's seconds without a bank and its ratio with one, sample by sample"
     import torch
@@ -48,8 +75,7 @@ def worker(smoke:bool)->dict:
                                        gather=statistics.median(p / q for p, q in zip(g, a)) if g else float('nan'))
         # what matters in training: a whole step, forward and backward of a small CNN, with the mix and its loss
         torch.manual_seed(0)
-        model = torch.nn.Sequential(*[m for c0, c1 in ((3, 16), (16, 32), (32, 64)) for m in (torch.nn.Conv2d(c0, c1, 3, 2, 1), torch.nn.ReLU())],
-                                    torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(64, 1000))
+        model = small_cnn()
         opt = torch.optim.SGD(model.parameters(), lr=1e-3)
         def step(bank=None):
             m = mf.cutmix_batch(x, y, bank=bank)
@@ -68,12 +94,7 @@ def worker(smoke:bool)->dict:
     return res
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument('--rounds', type=int, default=3)
-    ap.add_argument('--out', default=str(Path(__file__).with_name('results_bank.json')))
-    ap.add_argument('--smoke', action='store_true', help='tiny batches, one round, nothing written: checks that the code runs')
-    ap.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    args = arguments('results_bank.json')
     if args.worker: return print(json.dumps(worker(args.smoke)))
     here = str(Path(__file__).resolve().parents[1])
     runs = []
@@ -83,16 +104,7 @@ def main():
         out = subprocess.run(cmd, env=env, cwd='/', capture_output=True, text=True, check=True)
         runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(f'round {r+1}', flush=True)
-    res = {}
-    for key, d0 in runs[0].items():
-        case, row = key.split('|')
-        if row == 'memory':
-            res[key] = dict(case=case, row=row, **d0)
-            continue
-        res[key] = dict(case=case, row=row, ms=statistics.median(run[key]['s'] for run in runs) * 1e3,
-                        with_bank=statistics.median(run[key]['with_bank'] for run in runs),
-                        with_bank_rounds=[round(run[key]['with_bank'], 3) for run in runs],
-                        gather=statistics.median(run[key]['gather'] for run in runs))
+    res = merged(runs, 'with_bank')
     w = max(len(k) for k in res)
     print(f"{'row':{w}}  ms (no bank)  with bank / without  (rounds)  gather / without")
     for k, d in res.items():

@@ -10,11 +10,10 @@ rounds, each round a fresh launch. `all_gather` is the collective alone (`_other
 targets) over the call without partners across ranks. The last row of each case is a whole DDP training step of a
 small CNN with CutMix (the mix, forward, loss, backward with DDP's gradient all-reduce, SGD).
 """
-import argparse, json, os, statistics, subprocess, sys
+import json, os, statistics, subprocess, sys
 from pathlib import Path
 from bench_sources import calls, sample  # this folder is on the path of a script run from it
-
-CASES = {'224², 2 a batch': (2, 224), '224², 8 a batch': (8, 224), '32², 32 a batch': (32, 32)}
+from bench_bank import CASES, small_cnn, arguments, merged
 
 
 def worker(smoke:bool)->dict:
@@ -41,9 +40,7 @@ def worker(smoke:bool)->dict:
             res[f'{case}|{row}'] = dict(s=statistics.median(a), across=statistics.median(p / q for p, q in zip(b, a)),
                                         gather=statistics.median(p / q for p, q in zip(g, a)))
         torch.manual_seed(0)  # the same initial weights on both ranks, as DDP needs
-        net = torch.nn.Sequential(*[m for c0, c1 in ((3, 16), (16, 32), (32, 64)) for m in (torch.nn.Conv2d(c0, c1, 3, 2, 1), torch.nn.ReLU())],
-                                  torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(64, 1000))
-        model = torch.nn.parallel.DistributedDataParallel(net)
+        model = torch.nn.parallel.DistributedDataParallel(small_cnn())
         opt = torch.optim.SGD(model.parameters(), lr=1e-3)
         def step(bank=None):
             m = mf.cutmix_batch(x, y, bank=bank)
@@ -59,12 +56,7 @@ def worker(smoke:bool)->dict:
     return res
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument('--rounds', type=int, default=3)
-    ap.add_argument('--out', default=str(Path(__file__).with_name('results_bank_ranks.json')))
-    ap.add_argument('--smoke', action='store_true', help='tiny batches, one round, nothing written: checks that the code runs')
-    ap.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    args = arguments('results_bank_ranks.json')
     if args.worker:
         res = worker(args.smoke)
         if os.environ.get('RANK') == '0': print(json.dumps(res))
@@ -78,13 +70,7 @@ def main():
         if out.returncode: sys.exit(f"torchrun failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
         runs.append(json.loads([l for l in out.stdout.splitlines() if l.startswith('{')][-1]))
         print(f'round {r+1}', flush=True)
-    res = {}
-    for key in runs[0]:
-        case, row = key.split('|')
-        res[key] = dict(case=case, row=row, ms=statistics.median(run[key]['s'] for run in runs) * 1e3,
-                        across=statistics.median(run[key]['across'] for run in runs),
-                        across_rounds=[round(run[key]['across'], 3) for run in runs],
-                        gather=statistics.median(run[key]['gather'] for run in runs))
+    res = merged(runs, 'across')
     w = max(len(k) for k in res)
     print(f"{'row':{w}}  ms (rank 0, alone)  across ranks / alone  (rounds)  all_gather / alone")
     for k, d in res.items(): print(f"{k:{w}}  {d['ms']:17.3f}  {d['across']:21.3f}  {d['across_rounds']}  {d['gather']:.3f}")

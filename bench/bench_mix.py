@@ -151,7 +151,7 @@ def rotate_rows_roll(t, shift, max_copies=None):
     "The plain `_rotate_rows`: the rolled box written to a new tensor, then copied back"
     return t.copy_(t.roll(-shift, 0))
 
-def defining_module(name, mods=('mixup_nbdev.blend', 'mixup_nbdev.choice', 'mixup_nbdev.loss', 'mixup_nbdev.functional')):
+def defining_module(name, mods=('mixup_nbdev.blend', 'mixup_nbdev.paste', 'mixup_nbdev.choice', 'mixup_nbdev.loss', 'mixup_nbdev.functional')):
     """The module of `mods` that defines the private function `name`: its callers read it from that module's globals, so
     that is where a patch must go (since `functional` was split into modules, one of them; before, `functional` itself)"""
     import importlib, importlib.util

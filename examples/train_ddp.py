@@ -8,7 +8,7 @@ Launch 2 processes on one machine with either of (options after the script: `--m
 
 Without a GPU the processes train on the CPU over gloo; with GPUs, one GPU per process over NCCL.
 `python examples/train_ddp.py` (no launcher) trains in one process, with the same code.
-Explained in the docs page "Distributed training" (nbs/21_distributed.ipynb).
+Explained in the docs page "Distributed training" (nbs/23_distributed.ipynb).
 """
 from __future__ import annotations
 import sys

@@ -1,4 +1,4 @@
-"""Run notebooks and store their outputs, as the docs site shows them: `python tools/store_outputs.py nbs/13_mixup.ipynb ...`
+"""Run notebooks and store their outputs, as the docs site shows them: `python tools/store_outputs.py nbs/15_mixup.ipynb ...`
 
 Each notebook runs in its own folder, with execnb's shell (as `nbdev_test` runs it), then `nbdev_clean` tidies it.
 Progress bars are turned off (fastprogress's `NO_BAR`), so a fit's output is fastai's results table alone.

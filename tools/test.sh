@@ -2,7 +2,7 @@
 # The whole test suite, as CI runs it after the set-up (bash tools/setup.sh && bash tools/test.sh): nbdev's gate, every
 # notebook's tests, the checks in tools/ and bench/, and the package installed as a user installs it.
 # Ends with one line "tests: N passed, N failed" (notebooks and checks), so a run that tested nothing shows.
-# While editing, the inner loop is nbdev alone: nbdev_export, then nbdev_test --path nbs/13_mixup.ipynb (see README).
+# While editing, the inner loop is nbdev alone: nbdev_export, then nbdev_test --path nbs/15_mixup.ipynb (see README).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/nbdev_test ] || { echo "no development environment: run bash tools/setup.sh first"; echo "tests: 0 passed, 1 failed"; exit 1; }

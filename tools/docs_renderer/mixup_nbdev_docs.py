@@ -3,7 +3,7 @@ links from backticked names (settings.ini: `procs = mixup_nbdev_docs:PageLinks`,
 
 Development only: it needs nbdev, so it is not part of the package. `bash tools/setup.sh` puts this folder on the
 development venv's path (a .pth file), where nbdev's `show_doc` imports it. Explained, with its tests, on the
-docs page *API tables* (nbs/22_showdoc.ipynb).
+docs page *API tables* (nbs/24_showdoc.ipynb).
 """
 from __future__ import annotations
 import inspect
