@@ -6,16 +6,21 @@ Usage: python bench/bench_bank.py [--rounds 3] [--out bench/results_bank.json] [
 Each row times the call with a full bank (`PartnerBank(64)`, filled by earlier calls) and without one, alternately, 9
 samples of repeated calls each, with one torch thread; its figure is the median of the per-sample ratios (with /
 without), then the median over the rounds, each round a fresh process. `gather` is what drawing from the bank alone costs
-(`bank.pool`: the draw of the rows, and the batch and those rows written into one tensor), as a ratio to the call
-without a bank: the bank's cost beyond it is the method's work on the rows drawn, which it mixes with the batch, and
-putting the batch into the bank. The last row of each case is what matters in training: a whole step of a small CNN
-(the mix, forward, loss, backward, SGD) with CutMix, with the bank against without.
+(`bank.partners`: the batch put into the bank, each sample's partners drawn, and the batch and its partners' rows written
+into one pool, the partners by one gather), as a ratio to the call without a bank: with a bank, the method itself should
+cost what it costs without one (it mixes the batch's own rows alone), so `with bank - gather` is about 1. The last row
+of each case is what matters in training: a whole step of a small CNN (the mix, forward, loss, backward, SGD) with
+CutMix, with the bank against without. Every round runs twice, with glibc's allocator as it is and with `MALLOC` (its
+large blocks kept rather than given back to the system), the columns marked "malloc".
 """
 import argparse, json, os, statistics, subprocess, sys
 from functools import partial
 from pathlib import Path
 from bench_sources import calls, sample  # this folder is on the path of a script run from it
 
+# glibc's allocator gives the pages of a large tensor back to the system when it is freed, so a fresh one faults them in
+# again (page faults, system time): every round also runs with it keeping them, as PyTorch's CUDA allocator does
+MALLOC = dict(MALLOC_MMAP_THRESHOLD_=str(2**28), MALLOC_TRIM_THRESHOLD_=str(2**30))
 CASES = {'224², 2 a batch': (2, 224), '224², 8 a batch': (8, 224), '32², 32 a batch': (32, 32)}
 
 
@@ -54,6 +59,7 @@ def worker(smoke:bool)->dict:
     fs = {'mixup_batch': mf.mixup_batch, 'cutmix_batch': mf.cutmix_batch,
           'cutmix_batch per sample': partial(mf.cutmix_batch, per_sample=True),
           'ricap_batch': mf.ricap_batch, 'mosaic_batch': mf.mosaic_batch}
+    sources = {'ricap_batch': 4, 'mosaic_batch': 4}  # the others: a sample and one partner
     res, n_samples = {}, 2 if smoke else 9
     for case, (bs, side) in CASES.items():
         if smoke: side = 16
@@ -65,7 +71,7 @@ def worker(smoke:bool)->dict:
             bank = mf.PartnerBank(64)
             for _ in range(64 // bs + 1): f(x, y, bank=bank)  # full
             plain, banked = (lambda: f(x, y)), (lambda: f(x, y, bank=bank))
-            gather = (lambda: bank.pool((x, y))) if row in fs else None  # a detection bank holds the boxes too
+            gather = (lambda: bank.partners((x, y), sources.get(row, 2))) if row in fs else None  # a detection bank holds the boxes too
             n = calls(plain, .002 if smoke else .02)
             a, b, g = [], [], []
             for _ in range(n_samples):
@@ -97,19 +103,23 @@ def main():
     args = arguments('results_bank.json')
     if args.worker: return print(json.dumps(worker(args.smoke)))
     here = str(Path(__file__).resolve().parents[1])
-    runs = []
+    runs, runs_malloc = [], []
     for r in range(1 if args.smoke else args.rounds):
-        env = dict(os.environ, PYTHONPATH=here, OMP_NUM_THREADS='1')
-        cmd = [sys.executable, __file__, '--worker'] + (['--smoke'] if args.smoke else [])
-        out = subprocess.run(cmd, env=env, cwd='/', capture_output=True, text=True, check=True)
-        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        for malloc, into in ((False, runs), (True, runs_malloc)):
+            env = dict(os.environ, PYTHONPATH=here, OMP_NUM_THREADS='1', **(MALLOC if malloc else {}))
+            cmd = [sys.executable, __file__, '--worker'] + (['--smoke'] if args.smoke else [])
+            out = subprocess.run(cmd, env=env, cwd='/', capture_output=True, text=True, check=True)
+            into.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(f'round {r+1}', flush=True)
-    res = merged(runs, 'with_bank')
+    res, res_malloc = merged(runs, 'with_bank'), merged(runs_malloc, 'with_bank')
+    for k, d in res.items():
+        if 'with_bank' in d: d.update(with_bank_malloc=res_malloc[k]['with_bank'], gather_malloc=res_malloc[k]['gather'])
     w = max(len(k) for k in res)
-    print(f"{'row':{w}}  ms (no bank)  with bank / without  (rounds)  gather / without")
+    print(f"{'row':{w}}  ms (no bank)  with bank / without  (rounds)  gather / without  with bank, gather / without (malloc)")
     for k, d in res.items():
         if d['row'] == 'memory': print(f"{k:{w}}  bank {d['bank_bytes']} bytes, 64 samples {d['size_samples_bytes']} bytes")
-        else: print(f"{k:{w}}  {d['ms']:11.3f}  {d['with_bank']:19.3f}  {d['with_bank_rounds']}  {d['gather']:.3f}")
+        else: print(f"{k:{w}}  {d['ms']:11.3f}  {d['with_bank']:19.3f}  {d['with_bank_rounds']}  {d['gather']:.3f}  "
+                    f"{d['with_bank_malloc']:.3f}, {d['gather_malloc']:.3f}")
     bad = [k for k, d in res.items() if d['row'] == 'memory' and d['bank_bytes'] != d['size_samples_bytes']]
     if bad: sys.exit(f"a bank's memory is not exactly its size in samples: {bad}")
     if not args.smoke: Path(args.out).write_text(json.dumps(dict(rounds=args.rounds, threads=1, rows=res), indent=1))

@@ -4,8 +4,8 @@
 
 # %% ../nbs/05_bank.ipynb #c6476801
 from __future__ import annotations
-import inspect
-from functools import wraps
+import inspect, math
+from functools import wraps, partial
 from typing import NamedTuple
 import torch
 import torch.distributed as dist
@@ -29,17 +29,15 @@ def _other_ranks(t:Tensor)->Tensor:
 class PartnerBank:
     "The last `size` samples of training (inputs and targets), kept on the batch's device to be drawn as partners: for batches too small to pair within"
     def __init__(self,
-        size:int=64, # How many samples it keeps: its memory is `size` samples; 0 with `across_ranks`: none, the other ranks' batches only
-        draw:int|None=None, # How many of its samples a batch draws; default: as many as the batch has, and at least 3
-        across_ranks:bool=False # Under `torch.distributed`, every other rank's batch are partners too (an `all_gather` of each of the batch's tensors)
+        size:int=64, # How many samples it keeps: its memory is `size` samples, more than a batch; 0 with `across_ranks`: none, the ranks' batches only
+        across_ranks:bool=False # Under `torch.distributed`, every other rank's batch are partners too (an `all_gather` of each of the batch's tensors), and kept in the bank
     ):
         if not isinstance(size, int) or isinstance(size, bool) or size < (0 if across_ranks else 1): raise ValueError(
             f"size={size!r}: a bank keeps a whole number of samples, at least 1 (or 0, with across_ranks=True, for the other ranks' batches alone)")
-        if draw is not None and (not isinstance(draw, int) or draw < 1): raise ValueError(f"draw={draw!r}: give how many samples a batch draws, at least 1, or None")
-        self.size,self.draw,self.across_ranks,self.rows,self.n,self.pos = size,draw,check_flag(across_ranks, 'across_ranks'),None,0,0
+        self.size,self.across_ranks,self.rows,self.n,self.pos = size,check_flag(across_ranks, 'across_ranks'),None,0,0
 
     def __len__(self)->int: return self.n
-    def __repr__(self)->str: return f"PartnerBank(size={self.size}, draw={self.draw}, across_ranks={self.across_ranks}) holding {self.n}"
+    def __repr__(self)->str: return f"PartnerBank(size={self.size}, across_ranks={self.across_ranks}) holding {self.n}"
 
     def add(self,
         ts:tuple # The batch's tensors, inputs then targets, each `(bs, ...)`
@@ -56,26 +54,46 @@ class PartnerBank:
         first = min(keep, self.size - self.pos)  # the rows up to the end of the ring; the rest wrap round to its start
         for r, t in zip(self.rows, ts):
             r[self.pos:self.pos+first] = t[bs-keep:bs-keep+first]
-            r[:keep-first] = t[bs-keep+first:]
+            if keep > first: r[:keep-first] = t[bs-keep+first:]
         self.pos,self.n = (self.pos + keep) % self.size,min(self.n + keep, self.size)
 
-    def pool(self,
-        ts:tuple # The batch's tensors, inputs then targets, each `(bs, ...)`
-    )->tuple:
-        "The batch with the rows it draws as partners after it, each tensor written once: with `across_ranks`, every other rank's batch, then `draw` of the bank's samples (each at most once, in an order from the device's generator); and those rows, views of the pool: None if there are none"
-        ts, bs = tuple(as_plain(t) for t in ts), ts[0].shape[0]
+    def partners(self,
+        ts:tuple, # The batch's tensors, inputs then targets, each `(bs, ...)`
+        k:int=2, # How many sources each sample has, itself included: it draws `k-1` partners
+        target:int|None=None, # Which of `ts` `pairing` reads: the batch's first target
+        pairing:str|LabelKernel='random' # Who is paired with whom: 'random', 'same_class', 'other_class' or a `LabelKernel`
+    )->tuple|None:
+        "Put the batch into the bank, then draw each sample's `k-1` partners, distinct, among the bank's other samples (the batch's among them; with `across_ranks`, every rank's batch), on the device with no sync: the pool, each tensor's batch followed by the partners' rows, `(k*bs, ...)`, gathered in one `index_select`; and the `Ahead` offsets that pair them (one, or a tuple of `k-1`). None when the batch has no partner yet"
+        ts = tuple(as_plain(t).detach() for t in ts)
+        bs, dev = ts[0].shape[0], ts[0].device
+        if bs >= self.size > 0: raise ValueError(f"a PartnerBank({self.size}) is no larger than the batch ({bs} samples): it would hold the batch's own "
+                                                  f"samples alone; give a size larger than the batch's, e.g. PartnerBank({max(64, 2*bs)})")
         ranks = self.across_ranks and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-        others = tuple(_other_ranks(t.detach()) for t in ts) if ranks else None
-        idx = draw_ids(self.n, min(self.n, self.draw or max(bs, 3)), self.rows[0].device) if self.n else None
-        k = 0 if others is None else len(others[0])
-        n = bs + k + (0 if idx is None else len(idx))
-        if n == bs: return ts, None
-        pool = tuple(t.new_empty(n, *t.shape[1:]) for t in ts)
-        for i, p in enumerate(pool):
-            p[:bs] = ts[i]
-            if k: p[bs:bs+k] = others[i]
-            if idx is not None: torch.index_select(self.rows[i], 0, idx, out=p[bs+k:])  # one gather, into its place
-        return pool, tuple(p[bs:] for p in pool)
+        others = tuple(_other_ranks(t) for t in ts) if ranks else None
+        if self.size:
+            if others is not None: self.add(others)  # the other ranks' first: the batch's own samples then stay in the bank
+            own = torch.arange(self.pos, self.pos + bs, device=dev)
+            if self.pos + bs > self.size: own %= self.size
+            self.add(ts)
+            src, n = self.rows, self.n
+        else:  # no bank: the batch, and the other ranks' batches
+            src = ts if others is None else tuple(map(torch.cat, zip(ts, others)))
+            n, own = len(src[0]), torch.arange(bs, device=dev)
+        m = min(k-1, n-1)
+        if m < 1: return None
+        if pairing == 'random':  # uniform scores: each row's m largest are m partners drawn uniformly without replacement
+            idx = torch.rand(bs, n, device=dev).scatter_(1, own[:, None], -1.).topk(m, 1).indices  # -1: never itself
+        else:
+            if target is None: raise ValueError(f"pairing={pairing!r} pairs samples by their targets, but the batch has none")
+            logw = pairing_logits(ts[target], pairing, src[target][:n]).scatter_(1, own[:, None], -math.inf)  # never itself
+            # Gumbel top-m: each row's m largest draw m partners without replacement, with probability ∝ exp(logw)
+            g, idx = (logw - torch.empty_like(logw).exponential_().log_()).topk(m, 1)
+            idx = torch.where(g == -math.inf, own[:, None], idx)  # no eligible partner: itself, left as it is
+        idx = idx if m == k-1 else idx[:, [j % m for j in range(k-1)]]  # fewer candidates than partners: some repeat
+        idx = torch.cat([own, idx.T.reshape(-1)])  # the batch, where it is in the bank, then every sample's first partner, its second...
+        pool = tuple(s.index_select(0, idx) for s in src)  # one gather per tensor
+        shifts = tuple(Ahead(j*bs, bs) for j in range(1, k))
+        return pool, shifts[0] if k == 2 else shifts
 
     def state(self)->tuple: return self.n, self.pos, None if self.rows is None else tuple(r.clone() for r in self.rows)
     def set_state(self, s:tuple):
@@ -87,9 +105,9 @@ class PartnerBank:
 
 # %% ../nbs/05_bank.ipynb #fff11953
 class BankParams(NamedTuple):
-    "What a mixing function given a `PartnerBank` draws for a batch: the bank's samples it drew (inputs then targets), and the method's record for the batch with them appended"
-    rows:tuple|None # The samples drawn from the bank, each `(m, ...)`; None when it was empty
-    params:tuple # The method's record, drawn for the batch and `rows` together
+    "What a mixing function given a `PartnerBank` draws for a batch: its partners' rows (inputs then targets), and the method's record for the pool, the batch with them appended"
+    rows:tuple|None # The partners' rows, each `((k-1)*bs, ...)`: the first partner of every sample, then the second...; None when the batch had no partner
+    params:tuple # The method's record, drawn for the pool
     def own(self, x0:Tensor)->Tensor|None:
         "The method's record's `own` for the batch's samples, its first: each element's weight of its own value in a batch like `x0`"
         own = self.params.own(x0)
@@ -100,7 +118,7 @@ def _with_rows(ts:tuple, rows:tuple|None)->tuple:
     return ts if rows is None else tuple(as_type_of(torch.cat([as_plain(t), r]), t) for t, r in zip(ts, rows))
 
 def _first_rows(m:Mixed, bs:int, ys:tuple)->Mixed:
-    "The first `bs` samples of `m`, mixed from a batch with rows of a bank appended: their sources index `ys`, its targets"
+    "The first `bs` samples of `m`, mixed from a pool, the batch with its partners' rows appended: their sources index `ys`, its targets"
     cut = lambda ts: None if ts is None else tuple(t[:bs] for t in ts)
     lam, shift = (m.lam if m.lam.ndim == 0 else m.lam[:bs]), m.perm[:bs]
     # two sources, the sample and its partner, from `shift`: `m.sources` would work the partners out again
@@ -132,9 +150,11 @@ def bank_call(
     return b, bank, params
 
 def banking(
-    f # A mixing function `f(xb, yb, ..., bank, params)` that returns a `Mixed`; it is called with `bank=None`
+    f=None, # A mixing function `f(xb, yb, ..., shift, bank, params)` that returns a `Mixed`; it is called with `bank=None`
+    sources:int=2 # How many sources each sample has, itself included: `k-1` partners are drawn, given to `f` as `shift`
 ):
-    "Decorator: `f` draws partners from the batch and `bank`'s samples together, keeps them in its record (`BankParams`), and puts the batch into the bank"
+    "Decorator (`@banking`, or `@banking(sources=4)`): `f` draws partners from the batch and `bank`'s samples together, keeps them in its record (`BankParams`), and puts the batch into the bank"
+    if f is None: return partial(banking, sources=sources)
     sig, nargs = bank_signature(f, ('xb', 'yb', 'shift'))
     @wraps(f)
     def banked(*args, **kwargs):
@@ -154,10 +174,11 @@ def banking(
         if isinstance(params, BankParams): with_rows(params.rows)
         else:
             if params is not None and params is not DRAW: return f(*b.args, **b.kwargs)  # a record drawn without a bank
-            pool, rows = bank.pool(xs + ys)  # drawn for, then applied to, the same larger batch
-            b.arguments.update(xb=tuple(map(as_type_of, pool[:len(xs)], xs)), yb=tuple(map(as_type_of, pool[len(xs):], ys)))
-            r = BankParams(rows, run(DRAW))
-            bank.add(xs + ys)  # after drawing: a sample is never its own partner
+            drawn = bank.partners(xs + ys, sources, len(xs) if ys else None, b.arguments.get('pairing', 'random'))
+            if drawn is not None:  # drawn for, then applied to, the pool: the batch followed by its partners
+                pool, b.arguments['shift'] = drawn
+                b.arguments.update(xb=tuple(map(as_type_of, pool[:len(xs)], xs)), yb=tuple(map(as_type_of, pool[len(xs):], ys)))
+            r = BankParams(None if drawn is None else tuple(p[len(p)//sources:] for p in drawn[0]), run(DRAW))
             if params is DRAW: return r
             params = r
         m = run(params.params)

@@ -42,11 +42,12 @@ def mix_tensor(
     return _mix_plain(x, xp, lam, shift) if has_partners(shift) else x
 
 def _lerp_rows(xp:Tensor, w:Tensor, shift:int)->Tensor:
-    "`w*xp + (1-w)*xp.roll(-shift, 0)` in two `lerp`s (rows that wrap around, and the others), with no rolled copy"
-    n = xp.shape[0]-shift
-    out = torch.empty_like(xp)
-    torch.lerp(xp[shift:], xp[:n], w[:n], out=out[:n])
-    torch.lerp(xp[:shift], xp[n:], w[n:], out=out[n:])
+    "`w*xp + (1-w)*xp.roll(-shift, 0)` in two `lerp`s (rows that wrap around, and the others), with no rolled copy; the first `mixed_rows` rows"
+    k = mixed_rows(shift, xp.shape[0])
+    n = min(k, xp.shape[0]-shift)
+    out = xp.new_empty(k, *xp.shape[1:])
+    torch.lerp(xp[shift:shift+n], xp[:n], w[:n], out=out[:n])
+    torch.lerp(xp[:k-n], xp[n:k], w[n:k], out=out[n:])
     return out
 
 class _LerpRows(torch.autograd.Function):
@@ -73,7 +74,7 @@ def _lerp_partner(
     "`w*xp + (1-w)*partner(xp, shift)`, reading `xp` once and writing the result once, with no gathered copy (for an offset)"
     if isinstance(shift, Tensor): return torch.lerp(xp[shift], xp, w)
     if not isinstance(w, Tensor): w = xp.new_full((xp.shape[0],) + (1,)*(xp.ndim-1), w)  # one λ for the batch: the rows' slices need one each
-    if not torch.is_grad_enabled() or not xp.requires_grad: return _lerp_rows(xp, w, shift)
+    if isinstance(shift, Ahead) or not torch.is_grad_enabled() or not xp.requires_grad: return _lerp_rows(xp, w, shift)
     if xp.numel() < 2**16 or (isinstance(w, Tensor) and w.requires_grad): return torch.lerp(xp.roll(-shift, 0), xp, w)
     return _LerpRows.apply(xp, w, shift)
 
@@ -124,6 +125,7 @@ class Mixed(_MixedFields):
     def perm(self)->Tensor:
         "Index of each sample's partner: the mixed batch is `lam*x + (1-lam)*x[perm]`"
         if isinstance(self.shift, Tensor): return self.shift
+        if isinstance(self.shift, Ahead): return torch.arange(self.shift.rows, device=self.xb[0].device) + self.shift  # a bank's pool: none wraps
         bs = self.xb[0].shape[0]
         return (torch.arange(bs, device=self.xb[0].device) + self.shift) % bs
 

@@ -76,11 +76,12 @@ def mixchoice_batch(
     res = _blend_choice(xs, ys, xps, [fs[i] for i in live], live, choice, shift, rs)
     if res is not None: return res
     ms = [fs[i](xb, yb, params=fr) if fr is not None else fs[i](xb, yb, shift=shift) for i, fr in zip(live, rs)]
+    rows = min(len(m.xb[0]) for m in ms)  # a bank's pool: the batch's own samples, which a method may mix alone
     def pick(ts):
         "Each sample's row from the result of its own function"
-        out = ts[0]
+        out = ts[0][:rows]
         for i, t in zip(live[1:], ts[1:]):
-            out = as_type_of(torch.where((choice == i).view(bs, *[1]*(out.ndim-1)), as_plain(t), as_plain(out)), ts[0])
+            out = as_type_of(torch.where((choice[:rows] == i).view(rows, *[1]*(out.ndim-1)), as_plain(t)[:rows], as_plain(out)), ts[0])
         return out
     lams = [torch.as_tensor(m.lam, device=x0.device).expand(bs).float() for m in ms]
     yb1 = None if all(m.yb1 is None for m in ms) else tuple(map(pick, zip(*[m.yb if m.yb1 is None else m.yb1 for m in ms])))
@@ -90,7 +91,7 @@ def mixchoice_batch(
     # a method of more than two sources: each sample gets its own method's, padded with its own index at weight 0
     def padded(m):
         s, w = m.sources, m.weights.float()
-        return torch.cat([s, s[:, :1].expand(bs, k - s.shape[1])], 1), torch.cat([w, w.new_zeros(bs, k - w.shape[1])], 1)
+        return torch.cat([s, s[:, :1].expand(-1, k - s.shape[1])], 1), torch.cat([w, w.new_zeros(w.shape[0], k - w.shape[1])], 1)
     srcs, ws = zip(*map(padded, ms))
     return res._replace(shift=pick([m.perm for m in ms]), sources=pick(srcs), weights=pick(ws))
 

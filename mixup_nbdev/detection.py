@@ -5,7 +5,7 @@
 # %% ../nbs/13_detection.ipynb #e72fe328
 from __future__ import annotations
 import math
-from functools import wraps
+from functools import wraps, partial
 from typing import NamedTuple
 import torch
 from torch import Tensor
@@ -47,10 +47,12 @@ def _cat_rows(ts:tuple, rows:tuple, slots:range)->tuple:
     return tuple(torch.cat([pad(t, i), pad(r, i)]) for i, (t, r) in enumerate(zip(ts, rows)))
 
 def banking_detection(
-    f # A detection function `f(images, targets, ..., bank, params)` that returns its images and targets; it is called with `bank=None`
+    f=None, # A detection function `f(images, targets, ..., shift, bank, params)` that returns its images and targets; it is called with `bank=None`
+    sources:int=2 # How many images each output has, itself included: `k-1` partners are drawn, given to `f` as `shift`
 ):
     "Decorator, `banking` for detection: `f` draws partners from the batch and `bank`'s images with their boxes (and masks), keeps them in its record, and puts the batch into the bank"
-    sig, nargs = bank_signature(f, ('images', 'targets'))
+    if f is None: return partial(banking_detection, sources=sources)
+    sig, nargs = bank_signature(f, ('images', 'targets', 'shift'))
     @wraps(f)
     def banked(*args, **kwargs):
         call = bank_call(sig, nargs, args, kwargs)
@@ -79,10 +81,11 @@ def banking_detection(
                 bank.rows = tuple(_pad_slots(t, m) if i in slots else t for i, t in enumerate(bank.rows))
             if bank.across_ranks: raise ValueError("a bank across ranks draws the other ranks' batches, whose images have as many box slots "
                                                   "as each rank's: it is for classification and segmentation; use across_ranks=False")
-            pool, rows = bank.pool(ts)  # drawn for, then applied to, the same larger batch
-            with_rows(rows, pool)
-            r = BankParams(rows, run(DRAW))
-            bank.add(ts)  # after drawing: an image is never its own partner
+            drawn = bank.partners(ts, sources)
+            pool = None
+            if drawn is not None: pool, a.arguments['shift'] = drawn  # drawn for, then applied to, the pool: the batch followed by its partners
+            with_rows(None, pool)
+            r = BankParams(None if drawn is None else tuple(p[bs:] for p in drawn[0]), run(DRAW))
             if params is DRAW: return r
             params = r
         x1, *rest = run(params.params)
@@ -222,7 +225,7 @@ def _draw_mosaic(x0, per_sample, p, scale, centre, mixup_p, mixup_alpha, shift=N
         if per_sample or i == 0:
             v = u[i]
             offsets = tuple(_offsets(bs, v[1:4]))
-            if shift is not None: offsets = (shift % bs, *offsets[1:])
+            if shift is not None: offsets = tuple(shift) if isinstance(shift, tuple) else (shift % bs, *offsets[1:])
             c = (round(h*(lo_c + v[4]*(hi_c-lo_c))), round(w*(lo_c + v[5]*(hi_c-lo_c)))) if v[0] < p else (h, w)  # (h, w): the image alone
             t = _tiles(h, w, *c, [lo_s + z*(hi_s-lo_s) for z in v[6:10]])
             (y0, y1, x0_, x1), _, _ = t[0]
@@ -240,23 +243,28 @@ def _resized(t:Tensor, size:tuple, nearest:bool)->Tensor:
     r = r.reshape(*t.shape[:-2], *size)
     return r.to(t.dtype) if torch.is_floating_point(t) or nearest else r.round_().to(t.dtype)
 
+def _own_rows(r:MosaicParams, bs:int)->int:
+    "How many of the batch's mosaics are wanted: a bank's pool (`Ahead` offsets, one grid, no MixUp after) wants its own samples' alone"
+    return mixed_rows(r.offsets[0], bs) if r.offsets is not None and r.mixup is None else bs
+
 def _place(out:Tensor, t:Tensor, r:MosaicParams, nearest:bool=False)->Tensor:
-    "Every output's quarters of `t` `(bs, ..., H, W)` (images, masks, classes), written into `out` `(bs, ..., H, W)` (instance masks: `(bs, 4, m, H, W)`)"
+    "Every output's quarters of `t` `(bs, ..., H, W)` (images, masks, classes), written into `out` `(bs, ..., H, W)` (instance masks: `(bs, 4, m, H, W)`); an `out` of fewer rows, the first outputs alone"
     def q(o, k): return o[:, k] if out.ndim == t.ndim + 1 else o
     if r.offsets is not None:  # one grid: each quarter is one copy of the whole batch's rectangle, in two slices (a cyclic shift, nothing gathered)
-        bs = t.shape[0]
+        bs, rows = t.shape[0], out.shape[0]
         for k, (((y0, y1, x0, x1), hw, (oy, ox)), d) in enumerate(zip(r.tiles[0], (0, *r.offsets))):
             if y0 >= y1 or x0 >= x1: continue
             src, dst = _resized(t, hw, nearest)[..., y0-oy:y1-oy, x0-ox:x1-ox], q(out, k)[..., y0:y1, x0:x1]
-            dst[:bs-d] = src[d:]; dst[bs-d:] = src[:d]
+            n = min(rows, bs - d)
+            dst[:n] = src[d:d+n]; dst[n:] = src[:rows-n]
         return out
-    for i, (src, tiles) in enumerate(zip(r.src, r.tiles)):
+    for i, (src, tiles) in enumerate(zip(r.src[:out.shape[0]], r.tiles)):
         for k, ((y0, y1, x0, x1), hw, (oy, ox)) in enumerate(tiles):
             if y0 >= y1 or x0 >= x1: continue
             q(out, k)[i][..., y0:y1, x0:x1] = _resized(t[src[k]], hw, nearest)[..., y0-oy:y1-oy, x0-ox:x1-ox]
     return out
 
-@banking_detection
+@banking_detection(sources=4)
 def mosaic_detection(
     images:Tensor, # `(bs, C, H, W)`
     targets:list|Boxes|tuple|None, # torchvision's (a list of dicts), `Boxes`, a fastai batch's `(TensorBBox, TensorMultiCategory)` or `(TensorMask,)`; None: images and `seg_masks` only
@@ -269,20 +277,22 @@ def mosaic_detection(
     mixup_alpha:float=1.5, # The MixUp's concentration of `Beta(alpha, alpha)`
     fill:float=0., # The value of the pixels no image covers (only with `scale`: a quarter's image shrunk below its quarter)
     seg_masks:Tensor|None=None, # Segmentation masks `(bs, H, W)`, moved with their images (a fastai batch's `TensorMask` is found in `targets`); class 0 where no image covers
+    shift:int|tuple|None=None, # The top-right quarter's partner offset, or all three quarters' (a bank's), when given; default: drawn
     params:MosaicParams|None=None, # A record from `draw_mosaic_detection` to apply, drawing nothing; default: drawn for this batch
     bank:PartnerBank|None=None # Draw partners from the batch and this bank of earlier images together; default: from the batch
 )->tuple:
     "Mosaic (YOLOv4, https://arxiv.org/abs/2004.10934): four images, the image and three partners, in a 2×2 grid around a random centre, at the input's size; boxes move with their pixels and are clipped, small remains dropped"
     img, xp = _det_images(images)
     (bs, _, h, w) = xp.shape
-    r = given_record(params, MosaicParams, 'draw_mosaic_detection', bs) or _draw_mosaic(xp, check_flag(per_sample, 'per_sample'), p, scale, centre, mixup_p, mixup_alpha)
+    r = given_record(params, MosaicParams, 'draw_mosaic_detection', bs) or _draw_mosaic(xp, check_flag(per_sample, 'per_sample'), p, scale, centre, mixup_p, mixup_alpha, shift)
     if params is DRAW: return r
     mv = check_prob(min_visibility, 'min_visibility')
     check_fits(r.size == (h, w), 'draw_mosaic_detection')
     b, seg, out = _det_in(targets, (h, w), seg_masks)
     resized = any(hw != (h, w) for tiles in r.tiles for _, hw, _ in tiles)
-    o = _place(torch.full_like(xp, fill) if resized else torch.empty_like(xp), xp, r)
-    seg1 = None if seg is None else as_type_of(_place(torch.zeros_like(as_plain(seg)), as_plain(seg), r, nearest=True), seg)
+    k = _own_rows(r, bs)
+    o = _place(xp.new_full((k, *xp.shape[1:]), fill) if resized else xp.new_empty(k, *xp.shape[1:]), xp, r)
+    seg1 = None if seg is None else as_type_of(_place(as_plain(seg).new_zeros(k, *seg.shape[1:]), as_plain(seg), r, nearest=True), seg)
     b1 = None
     if b is not None:
         j, plan = r.plan[..., 0].long(), r.plan[..., None, :].to(b.boxes.dtype)
@@ -307,7 +317,7 @@ def mosaic_detection(
 draw_mosaic_detection = drawing(mosaic_detection)
 
 # %% ../nbs/13_detection.ipynb #bfa8c235
-@banking
+@banking(sources=4)
 def mosaic_batch(
     xb:Tensor|tuple, # Images `(bs, C, H, W)`: a tensor, or a tuple of them (each of the first's spatial size is tiled)
     yb:Tensor|tuple=(), # Targets: class indices or float labels, weighted by area; segmentation masks (`mask_targets`) are tiled
@@ -317,7 +327,7 @@ def mosaic_batch(
     p:float=1., # Chance that the batch (or, per sample, an image) becomes a mosaic at all
     y_int:bool=True, # True: keep the targets for `Mixed.loss`, which sums the four sources' losses; False: mix the (float) targets by area
     mask_targets:bool|tuple|None=None, # Targets to tile like the images: None, fastai's `TensorMask`s; True, all of the images' spatial size; or their indices
-    shift:int|None=None, # The top-right quarter's partner offset, when given (`MixChoice` gives every method the same); default: drawn
+    shift:int|tuple|None=None, # The top-right quarter's partner offset, or all three quarters' (a bank's), when given (`MixChoice` gives every method the same); default: drawn
     params:MosaicParams|None=None, # A record from `draw_mosaic_batch` (or `draw_mosaic_detection`) to apply, drawing nothing; default: drawn for this batch
     bank:PartnerBank|None=None # Draw partners from the batch and this bank of earlier samples together; default: from the batch
 )->Mixed:
@@ -337,8 +347,9 @@ def mosaic_batch(
     check_fits(r.size == size and r.mixup is None, 'draw_mosaic_batch')
     bs, (h, w) = x0.shape[0], size
     masks = mask_target_ids(ys, yps, size, mask_targets)
-    xs = tuple(as_type_of(_place(torch.empty_like(xp), xp, r), x) if is_spatial(xp, bs, size) else x for x, xp in zip(xs, xps))
-    ys = tuple(as_type_of(_place(torch.empty_like(yp), yp, r, nearest=True), y) if i in masks else y for i, (y, yp) in enumerate(zip(ys, yps)))
+    k = _own_rows(r, bs)
+    xs = tuple(as_type_of(_place(xp.new_empty(k, *xp.shape[1:]), xp, r), x) if is_spatial(xp, bs, size) else x for x, xp in zip(xs, xps))
+    ys = tuple(as_type_of(_place(yp.new_empty(k, *yp.shape[1:]), yp, r, nearest=True), y) if i in masks else y for i, (y, yp) in enumerate(zip(ys, yps)))
     rect = r.plan[..., 9:13]  # each quarter's output rectangle, xyxy
     weights = (rect[..., 2] - rect[..., 0]).clamp(min=0) * (rect[..., 3] - rect[..., 1]).clamp(min=0) / (h*w)
     return mix_source_targets(ys, r.plan[..., 0].long(), weights, y_int, skip=masks)._replace(xb=xs)

@@ -14,9 +14,9 @@ from .core import _const, as_plain
 
 # %% auto #0
 __all__ = ['DRAW', 'draw_uniform', 'draw_normal', 'draw_coin', 'draw_int', 'draw_ids', 'sample_lam', 'host_lam', 'draw_shift',
-           'has_partners', 'self_paired', 'LabelKernel', 'check_pairing', 'draw_partners', 'draw_pairing',
-           'draw_sources', 'DrawAhead', 'draw_rows', 'draw_choice', 'given_record', 'check_fits', 'drawing', 'draw_of',
-           'check_record', 'mixing']
+           'Ahead', 'mixed_rows', 'has_partners', 'self_paired', 'LabelKernel', 'check_pairing', 'pairing_logits',
+           'draw_partners', 'draw_pairing', 'draw_sources', 'DrawAhead', 'draw_rows', 'draw_choice', 'given_record',
+           'check_fits', 'drawing', 'draw_of', 'check_record', 'mixing']
 
 # %% ../nbs/01_draws.ipynb #70a3157e
 def draw_uniform(
@@ -87,6 +87,25 @@ def draw_shift(
     "Draw the partner offset, uniform in `1..bs-1` (0 for a batch of one), on the host"
     return draw_int(1, bs) if bs > 1 else 0
 
+class Ahead(int):
+    "A partner offset into a pool, a batch followed by its partners' rows (`PartnerBank.partners`): sample `i` takes row `i + shift`, and only the first `rows` samples are wanted, so a method may mix those alone"
+    def __new__(cls,
+        shift:int, # The offset: where the partners' rows start
+        rows:int # How many samples are the batch's own, the pool's first
+    ):
+        o = super().__new__(cls, shift)
+        o.rows = rows
+        return o
+    def __repr__(self)->str: return f"Ahead({int(self)}, rows={self.rows})"
+    def __reduce__(self): return Ahead, (int(self), self.rows)
+
+def mixed_rows(
+    shift:int|Tensor, # Partner offset (an `Ahead` wants only its `rows`), or each sample's partner index
+    n:int # How many rows the batch has
+)->int:
+    "How many of the batch's `n` rows a method mixes: the first `shift.rows` for an `Ahead`, else all; rows past them have no partner in the pool and are left out"
+    return shift.rows if isinstance(shift, Ahead) else n
+
 def has_partners(
     shift:int|Tensor # Partner offset, or each sample's partner index
 )->bool:
@@ -129,17 +148,25 @@ def check_pairing(
     if isinstance(pairing, LabelKernel) or pairing in ('random', 'same_class', 'other_class'): return pairing
     raise ValueError(f"`pairing` must be 'random', 'same_class', 'other_class' or a `LabelKernel(bandwidth)`, got {pairing!r}")
 
+def pairing_logits(
+    y:Tensor, # The first target of the batch: class indices, one-hot, or regression targets for a `LabelKernel`
+    pairing:str|LabelKernel, # 'same_class', 'other_class' or a `LabelKernel`
+    pool:Tensor|None=None # The candidates' targets, like `y`; default: `y` itself
+)->Tensor:
+    "Log-weights `(bs, n)` of pairing each sample of `y` with each candidate of `pool`: 0 or -inf by class, or a `LabelKernel`'s"
+    pool = y if pool is None else pool
+    if isinstance(pairing, LabelKernel): return pairing(y) if pool is y else pairing(torch.cat([as_plain(y), as_plain(pool)]))[:len(y), len(y):]
+    c, cp = _classes(y), _classes(pool)
+    same = c[:, None] == cp[None]
+    return torch.zeros(same.shape, device=y.device).masked_fill_(~same if pairing == 'same_class' else same, -math.inf)
+
 def draw_partners(
     y:Tensor, # The first target of the batch: class indices, one-hot, or regression targets for a `LabelKernel`
     pairing:str|LabelKernel # 'same_class', 'other_class' or a `LabelKernel`
 )->Tensor:
     "Each sample's partner index, drawn among the eligible samples (never itself) on `y`'s device with no host-device sync; a sample with none is paired with itself"
     bs, dev = y.shape[0], y.device
-    if isinstance(pairing, LabelKernel): logw = pairing(y)
-    else:
-        c = _classes(y)
-        same = c[:, None] == c[None]
-        logw = torch.zeros(bs, bs, device=dev).masked_fill_(~same if pairing == 'same_class' else same, -math.inf)
+    logw = pairing_logits(y, pairing)
     logw.diagonal().fill_(-math.inf)  # never itself
     # Gumbel-max: an argmax per row draws `j` with probability ∝ exp(logw[i, j]), vectorised
     g = logw - torch.empty_like(logw).exponential_().log_()
@@ -162,10 +189,10 @@ def draw_sources(
     bs:int, # Batch size
     k:int, # How many sources each sample has, itself included
     device=None, # The batch's device
-    shift:int|Tensor|None=None # The first partner, when given (`MixChoice` gives every method the same); the others drawn
+    shift:int|Tensor|tuple|None=None # The first partner, or a tuple of all `k-1` (a bank's `Ahead`s), when given (`MixChoice` gives every method the same); the others drawn
 )->tuple:
     "Each sample's `k` sources `(bs, k)`, itself first and `k-1` partners drawn as `draw_pairing` draws them; and their offsets `(0, d1, ...)`, or None when some are partner indices"
-    parts = [shift if i == 0 and shift is not None else draw_pairing(pairing, yb, bs) for i in range(k-1)]
+    parts = list(shift) if isinstance(shift, tuple) else [shift if i == 0 and shift is not None else draw_pairing(pairing, yb, bs) for i in range(k-1)]
     ids = torch.arange(bs, device=device)
     sources = torch.stack([ids, *((ids + d) % bs if isinstance(d, int) else d for d in parts)], 1)
     return sources, None if any(isinstance(d, Tensor) for d in parts) else (0, *parts)

@@ -53,12 +53,14 @@ def paste_box(
         else: _rotate_rows(v, shift)
         return x
     # into a copy: the partners' box is read from `x` itself, so nothing is kept aside
-    xp = as_plain(x); out = xp.clone()
+    xp = as_plain(x)
+    k = mixed_rows(shift, xp.shape[0])
+    out = xp[:k].clone()
     v, src = out[(...,) + box], xp[(...,) + box]
     if isinstance(shift, Tensor): v.copy_(src[shift])
     else:
-        n = src.shape[0] - shift
-        v[:n].copy_(src[shift:]); v[n:].copy_(src[:shift])
+        n = min(k, src.shape[0] - shift)
+        v[:n].copy_(src[shift:shift+n]); v[n:].copy_(src[:k-n])
     return as_type_of(out, x)
 
 # %% ../nbs/04_paste.ipynb #f96a3693
@@ -80,10 +82,11 @@ def _where_partner(xp, mask, shift, base):
     "`paste_mask` of plain tensors"
     m = _over(mask, xp)
     if isinstance(shift, Tensor): return torch.where(m, xp[shift], base)
-    n = xp.shape[0]-shift
-    out = torch.empty_like(base)
-    torch.where(m[:n], xp[shift:], base[:n], out=out[:n])
-    torch.where(m[n:], xp[:shift], base[n:], out=out[n:])
+    k = mixed_rows(shift, xp.shape[0])
+    n = min(k, xp.shape[0]-shift)
+    out = base.new_empty(k, *base.shape[1:])
+    torch.where(m[:n], xp[shift:shift+n], base[:n], out=out[:n])
+    torch.where(m[n:k], xp[:k-n], base[n:k], out=out[n:])
     return out
 
 def mask_lam(

@@ -61,23 +61,25 @@ def _draw_ricap(x0, ys, size, alpha, per_sample, p, pairing, shift)->RICAPParams
 
 def _tile(tp:Tensor, r:RICAPParams)->Tensor:
     "`tp` `(bs, ..., H, W)` tiled as `r` says: for the batch four rectangle copies (each in two slices for an offset), per sample four per sample"
-    out, bs, (h, w) = torch.empty_like(tp), tp.shape[0], r.size
+    bs, (h, w) = tp.shape[0], r.size
+    rows = bs if r.offsets is None else mixed_rows(r.offsets[1], bs)  # a bank's pool: its own samples alone
+    out = tp.new_empty(rows, *tp.shape[1:])
     src = [tp]*4 if r.offsets is not None else [tp[s] for s in r.sources.unbind(1)]  # partners by index: each tile's images, gathered once
     if len(r.cut) == 1:
         for k, ((y0, y1, x0, x1), (cy, cx)) in enumerate(zip(_tiles(h, w, *r.cut[0]), r.corners[0])):
             dst, crop = out[..., y0:y1, x0:x1], src[k][..., cy:cy+y1-y0, cx:cx+x1-x0]
             if r.offsets is None: dst.copy_(crop)
             else:
-                d = r.offsets[k]; n = bs - d
-                dst[:n] = crop[d:]; dst[n:] = crop[:d]
+                d = r.offsets[k]; n = min(rows, bs - d)
+                dst[:n] = crop[d:d+n]; dst[n:] = crop[:rows-n]
         return out
-    for i, (cut, corners) in enumerate(zip(r.cut, r.corners)):
+    for i, (cut, corners) in enumerate(zip(r.cut[:rows], r.corners[:rows])):
         for k, ((y0, y1, x0, x1), (cy, cx)) in enumerate(zip(_tiles(h, w, *cut), corners)):
             j = i if r.offsets is None else (i + r.offsets[k]) % bs
             out[i, ..., y0:y1, x0:x1] = src[k][j, ..., cy:cy+y1-y0, cx:cx+x1-x0]
     return out
 
-@banking
+@banking(sources=4)
 def ricap_batch(
     xb:Tensor|tuple, # Inputs `(bs, C, H, W)`: a tensor, or a tuple of them
     yb:Tensor|tuple=(), # Targets: a tensor, or a tuple of them

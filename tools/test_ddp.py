@@ -13,7 +13,8 @@
 6. SaliencyMix and RegMixup (whose shards are doubled: the clean samples, then their mixed copies) train on 2 ranks
    with the checks of 1.
 7. MixUp with `PartnerBank(8, across_ranks=True)` at 4 samples a rank trains with the checks of 1., and every batch's
-   record holds the other rank's batch of that step (its targets and its unmixed inputs) as partners.
+   record holds partners from the two ranks' batches of that step (their targets and unmixed inputs), never the sample
+   itself, and each rank draws some from the other's.
 Every launch runs under a watchdog that kills all its processes if it overruns, so a hang cannot block CI.
 """
 from __future__ import annotations
@@ -44,16 +45,18 @@ def worker(a):
             mix = self.learn.cbs.filter(lambda o: isinstance(o, MixHandler))[0]
             b = dict(epoch=self.epoch, iter=self.iter, y=self.yb[0].tolist(), lam=torch.as_tensor(mix.lam).flatten().tolist(),
                      shift=torch.as_tensor(mix.shift).tolist(), x=float(self.xb[0].double().sum()), raw_x=self.raw_x)
-            if isinstance(mix.params, BankParams):  # the other rank's batch, first among the rows drawn as partners
-                bs = len(b['y'])
-                b.update(other_y=mix.params.rows[1][:bs].tolist(), other_x=float(mix.params.rows[0][:bs].double().sum()))
+            if isinstance(mix.params, BankParams):  # each sample's partner: its target and the sum of its unmixed input
+                xs, ys = mix.params.rows
+                b.update(partners=list(zip(ys.tolist(), xs.double().flatten(1).sum(1).tolist())), raw_xs=self.raw_xs)
             self.batches.append(b)
 
     class RawX(Callback):
         "The unmixed inputs' sum, for `Fingerprint`"
         order = MixHandler.order - 1
         def __init__(self, fp): self.fp = fp
-        def before_batch(self): self.fp.raw_x = float(self.xb[0].double().sum())
+        def before_batch(self):
+            x = self.xb[0].double()
+            self.fp.raw_x, self.fp.raw_xs = float(x.sum()), x.flatten(1).sum(1).tolist()
 
     class Fault(Callback):
         "On rank `rank`, in training batch `it` of epoch 0, raise or hang (after the forward pass, before the gradient all-reduce)"
@@ -255,8 +258,15 @@ def driver(a, tmp):
     r = load(tmp/'bank')
     if healthy(check, rc, secs, log, r, 'MixUp(bank=PartnerBank(8, across_ranks=True))', 1, 4):
         b0, b1 = r[0]['batches'], r[1]['batches']
-        check(all(p.get('other_y') == q['y'] and p.get('other_x') == q['raw_x'] for p, q in (*zip(b0, b1), *zip(b1, b0))),
-              "with a bank across ranks, each batch's partners include the other rank's batch of that step (its targets and inputs)")
+        def items(b): return [(y, round(s, 3)) for y, s in zip(b['y'], b['raw_xs'])]  # each sample: its target, its input's sum
+        def partners(b): return [(y, round(s, 3)) for y, s in b.get('partners', [])]
+        pairs = (*zip(b0, b1), *zip(b1, b0))  # each rank's batch, and the other rank's of the same step
+        # a bank of 8 at 4 samples a rank holds exactly the two ranks' batches of the step
+        check(all(partners(p) and set(partners(p)) <= set(items(p) + items(q)) for p, q in pairs),
+              "with a bank across ranks, every partner is a sample of this step's batch on one of the ranks")
+        check(all(a != b for p, _ in pairs for a, b in zip(partners(p), items(p))), "with a bank across ranks, no sample is its own partner")
+        check(all(any(t in items(q) for p, q in zip(bp, bq) for t in partners(p)) for bp, bq in ((b0, b1), (b1, b0))),
+              "with a bank across ranks, each rank draws partners from the other rank's batch")
     return check.failed
 
 if __name__ == '__main__':
