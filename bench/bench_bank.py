@@ -8,7 +8,10 @@ samples of repeated calls each, with one torch thread; its figure is the median 
 without), then the median over the rounds, each round a fresh process. `gather` is what drawing from the bank alone costs
 (`bank.partners`: the batch put into the bank, each sample's partners drawn, and the batch and its partners' rows written
 into one pool, the partners by one gather), as a ratio to the call without a bank: with a bank, the method itself should
-cost what it costs without one (it mixes the batch's own rows alone), so `with bank - gather` is about 1. The last row
+cost what it costs without one (it mixes the batch's own rows alone), so `with bank - gather` is about 1. Two more
+ratios bound what any bank could cost: `target` is the call without a bank followed by one gather of the partners' rows
+(`(k-1)*bs` rows of the bank's tensors, `index_select` at random rows), the most a bank should add; `least` is that and
+the batch written into the bank (`bank.add`), what a bank written in place costs at the least. The last row
 of each case is what matters in training: a whole step of a small CNN (the mix, forward, loss, backward, SGD) with
 CutMix, with the bank against without. Every round runs twice, with glibc's allocator as it is and with `MALLOC` (its
 large blocks kept rather than given back to the system), the columns marked "malloc".
@@ -21,6 +24,7 @@ from bench_sources import calls, sample  # this folder is on the path of a scrip
 # glibc's allocator gives the pages of a large tensor back to the system when it is freed, so a fresh one faults them in
 # again (page faults, system time): every round also runs with it keeping them, as PyTorch's CUDA allocator does
 MALLOC = dict(MALLOC_MMAP_THRESHOLD_=str(2**28), MALLOC_TRIM_THRESHOLD_=str(2**30))
+EXTRA = ('gather', 'target', 'least')  # ratios to the call without a bank, besides `with_bank`
 CASES = {'224², 2 a batch': (2, 224), '224², 8 a batch': (8, 224), '32², 32 a batch': (32, 32)}
 
 
@@ -40,14 +44,14 @@ def arguments(out:str):
     return ap.parse_args()
 
 def merged(runs:list, ratio:str)->dict:
-    "Each row's figures over the rounds `runs`: the median time in ms, the median of its ratio `ratio` (and each round's), and of `gather`"
+    "Each row's figures over the rounds `runs`: the median time in ms, the median of its ratio `ratio` (and each round's), and of `EXTRA`'s"
     res = {}
     for key, d0 in runs[0].items():
         case, row = key.split('|')
         if 's' not in d0: res[key] = dict(case=case, row=row, **d0); continue  # not timed (the memory row)
         res[key] = dict(case=case, row=row, ms=statistics.median(run[key]['s'] for run in runs) * 1e3,
                         **{ratio: statistics.median(run[key][ratio] for run in runs), f'{ratio}_rounds': [round(run[key][ratio], 3) for run in runs]},
-                        gather=statistics.median(run[key]['gather'] for run in runs))
+                        **{e: statistics.median(run[key][e] for run in runs) for e in EXTRA})
     return res
 
 
@@ -71,14 +75,21 @@ def worker(smoke:bool)->dict:
             bank = mf.PartnerBank(64)
             for _ in range(64 // bs + 1): f(x, y, bank=bank)  # full
             plain, banked = (lambda: f(x, y)), (lambda: f(x, y, bank=bank))
-            gather = (lambda: bank.partners((x, y), sources.get(row, 2))) if row in fs else None  # a detection bank holds the boxes too
+            k = sources.get(row, 2)
+            def target():
+                "The call without a bank, then one gather of its partners' rows from the bank"
+                f(x, y)
+                i = torch.randint(0, bank.size, ((k-1)*bs,))
+                return [r.index_select(0, i) for r in bank.rows]
+            extra = dict(gather=lambda: bank.partners((x, y), k), target=target, least=lambda: (target(), bank.add((x, y))))
+            if row not in fs: extra = {}  # a detection bank holds the boxes too
             n = calls(plain, .002 if smoke else .02)
-            a, b, g = [], [], []
+            a, b, t = [], [], {e: [] for e in extra}
             for _ in range(n_samples):
                 a.append(sample(plain, n)); b.append(sample(banked, n))
-                if gather: g.append(sample(gather, n))
-            res[f'{case}|{row}'] = dict(s=statistics.median(a), with_bank=statistics.median(p / q for p, q in zip(b, a)),
-                                       gather=statistics.median(p / q for p, q in zip(g, a)) if g else float('nan'))
+                for e, g in extra.items(): t[e].append(sample(g, n))
+            ratio = lambda ts: statistics.median(p / q for p, q in zip(ts, a)) if ts else float('nan')
+            res[f'{case}|{row}'] = dict(s=statistics.median(a), with_bank=ratio(b), **{e: ratio(t.get(e)) for e in EXTRA})
         # what matters in training: a whole step, forward and backward of a small CNN, with the mix and its loss
         torch.manual_seed(0)
         model = small_cnn()
@@ -93,7 +104,7 @@ def worker(smoke:bool)->dict:
         a, b = [], []
         for _ in range(n_samples): a.append(sample(step, n)); b.append(sample(lambda: step(bank), n))
         res[f'{case}|a training step of a small CNN (cutmix_batch)'] = dict(s=statistics.median(a), with_bank=statistics.median(p / q for p, q in zip(b, a)),
-                                                                          gather=float('nan'))
+                                                                          **dict.fromkeys(EXTRA, float('nan')))
         bank = mf.PartnerBank(64)
         mf.mixup_batch(x, y, bank=bank)
         res[f'{case}|memory'] = dict(bank_bytes=sum(r.nbytes for r in bank.rows), size_samples_bytes=64 * (x[0].nbytes + y[0].nbytes))
@@ -113,13 +124,13 @@ def main():
         print(f'round {r+1}', flush=True)
     res, res_malloc = merged(runs, 'with_bank'), merged(runs_malloc, 'with_bank')
     for k, d in res.items():
-        if 'with_bank' in d: d.update(with_bank_malloc=res_malloc[k]['with_bank'], gather_malloc=res_malloc[k]['gather'])
+        if 'with_bank' in d: d.update({f'{e}_malloc': res_malloc[k][e] for e in ('with_bank', *EXTRA)})
     w = max(len(k) for k in res)
-    print(f"{'row':{w}}  ms (no bank)  with bank / without  (rounds)  gather / without  with bank, gather / without (malloc)")
+    print(f"{'row':{w}}  ms (no bank)  with bank / without  (rounds)  gather, target, least / without  the same 4 (malloc)")
     for k, d in res.items():
         if d['row'] == 'memory': print(f"{k:{w}}  bank {d['bank_bytes']} bytes, 64 samples {d['size_samples_bytes']} bytes")
-        else: print(f"{k:{w}}  {d['ms']:11.3f}  {d['with_bank']:19.3f}  {d['with_bank_rounds']}  {d['gather']:.3f}  "
-                    f"{d['with_bank_malloc']:.3f}, {d['gather_malloc']:.3f}")
+        else: print(f"{k:{w}}  {d['ms']:11.3f}  {d['with_bank']:19.3f}  {d['with_bank_rounds']}  "
+                    + ', '.join(f"{d[e]:.3f}" for e in EXTRA) + '  ' + ', '.join(f"{d[e + '_malloc']:.3f}" for e in ('with_bank', *EXTRA)))
     bad = [k for k, d in res.items() if d['row'] == 'memory' and d['bank_bytes'] != d['size_samples_bytes']]
     if bad: sys.exit(f"a bank's memory is not exactly its size in samples: {bad}")
     if not args.smoke: Path(args.out).write_text(json.dumps(dict(rounds=args.rounds, threads=1, rows=res), indent=1))
