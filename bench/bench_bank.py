@@ -44,14 +44,14 @@ def arguments(out:str):
     return ap.parse_args()
 
 def merged(runs:list, ratio:str)->dict:
-    "Each row's figures over the rounds `runs`: the median time in ms, the median of its ratio `ratio` (and each round's), and of `EXTRA`'s"
+    "Each row's figures over the rounds `runs`: the median time in ms, the median of its ratio `ratio` (and each round's), and of those of `EXTRA` it has"
     res = {}
     for key, d0 in runs[0].items():
         case, row = key.split('|')
         if 's' not in d0: res[key] = dict(case=case, row=row, **d0); continue  # not timed (the memory row)
         res[key] = dict(case=case, row=row, ms=statistics.median(run[key]['s'] for run in runs) * 1e3,
                         **{ratio: statistics.median(run[key][ratio] for run in runs), f'{ratio}_rounds': [round(run[key][ratio], 3) for run in runs]},
-                        **{e: statistics.median(run[key][e] for run in runs) for e in EXTRA})
+                        **{e: statistics.median(run[key][e] for run in runs) for e in EXTRA if e in d0})
     return res
 
 
