@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_bank.ipynb #c6476801
 from __future__ import annotations
-import inspect, math
+import inspect
 from functools import wraps, partial
 from typing import NamedTuple
 import torch
@@ -81,14 +81,8 @@ class PartnerBank:
             n, own = len(src[0]), torch.arange(bs, device=dev)
         m = min(k-1, n-1)
         if m < 1: return None
-        if pairing == 'random':  # uniform scores: each row's m largest are m partners drawn uniformly without replacement
-            idx = torch.rand(bs, n, device=dev).scatter_(1, own[:, None], -1.).topk(m, 1).indices  # -1: never itself
-        else:
-            if target is None: raise ValueError(f"pairing={pairing!r} pairs samples by their targets, but the batch has none")
-            logw = pairing_logits(ts[target], pairing, src[target][:n]).scatter_(1, own[:, None], -math.inf)  # never itself
-            # Gumbel top-m: each row's m largest draw m partners without replacement, with probability ∝ exp(logw)
-            g, idx = (logw - torch.empty_like(logw).exponential_().log_()).topk(m, 1)
-            idx = torch.where(g == -math.inf, own[:, None], idx)  # no eligible partner: itself, left as it is
+        if pairing != 'random' and target is None: raise ValueError(f"pairing={pairing!r} pairs samples by their targets, but the batch has none")
+        idx = draw_partner_ids(own, n, m, None if pairing == 'random' else pairing_logits(ts[target], pairing, src[target][:n]))
         idx = idx if m == k-1 else idx[:, [j % m for j in range(k-1)]]  # fewer candidates than partners: some repeat
         idx = torch.cat([own, idx.T.reshape(-1)])  # the batch, where it is in the bank, then every sample's first partner, its second...
         pool = tuple(s.index_select(0, idx) for s in src)  # one gather per tensor

@@ -13,10 +13,10 @@ from .core import *
 from .core import _const, as_plain
 
 # %% auto #0
-__all__ = ['DRAW', 'draw_uniform', 'draw_normal', 'draw_coin', 'draw_int', 'draw_ids', 'sample_lam', 'host_lam', 'draw_shift',
-           'Ahead', 'mixed_rows', 'has_partners', 'self_paired', 'LabelKernel', 'check_pairing', 'pairing_logits',
-           'draw_partners', 'draw_pairing', 'draw_sources', 'DrawAhead', 'draw_rows', 'draw_choice', 'given_record',
-           'check_fits', 'drawing', 'draw_of', 'check_record', 'mixing']
+__all__ = ['DRAW', 'draw_uniform', 'draw_normal', 'draw_coin', 'draw_int', 'sample_lam', 'host_lam', 'draw_shift', 'Ahead',
+           'mixed_rows', 'has_partners', 'self_paired', 'LabelKernel', 'check_pairing', 'pairing_logits',
+           'draw_partner_ids', 'draw_partners', 'draw_pairing', 'draw_sources', 'DrawAhead', 'draw_rows', 'draw_choice',
+           'given_record', 'check_fits', 'drawing', 'draw_of', 'check_record', 'mixing']
 
 # %% ../nbs/01_draws.ipynb #70a3157e
 def draw_uniform(
@@ -45,14 +45,6 @@ def draw_int(
 )->int:
     "An integer uniform in `lo..hi-1`, drawn on the host by torch's CPU generator"
     return torch.randint(lo, hi, ()).item()
-
-def draw_ids(
-    n:int, # How many to choose from, `0..n-1`
-    k:int, # How many to draw, at most `n`
-    device=None # Where to draw them: the batch's device
-)->Tensor:
-    "`k` distinct indices of `0..n-1`, in an order drawn on `device` (a `PartnerBank` draws its samples so), with no host-device sync"
-    return torch.randperm(n, device=device)[:k]
 
 # %% ../nbs/01_draws.ipynb #1169b32d
 def sample_lam(
@@ -160,18 +152,27 @@ def pairing_logits(
     same = c[:, None] == cp[None]
     return torch.zeros(same.shape, device=y.device).masked_fill_(~same if pairing == 'same_class' else same, -math.inf)
 
+def draw_partner_ids(
+    own:Tensor, # Each sample's own index among the candidates, `(bs,)`: never its own partner
+    n:int, # How many candidates, `0..n-1`
+    m:int, # How many partners each sample draws, distinct, at most `n-1`
+    logw:Tensor|None=None # Log-weights `(bs, n)` of each pairing (`pairing_logits`); default: uniform
+)->Tensor:
+    "Each sample's `m` distinct partners `(bs, m)` among `n` candidates, never itself, on `own`'s device with no host-device sync: uniformly, or with probability ∝ exp(`logw`); a sample with no eligible candidate takes itself"
+    bs, dev = own.shape[0], own.device
+    if logw is None:  # uniform scores: each row's m largest are m partners drawn uniformly without replacement
+        return torch.rand(bs, n, device=dev).scatter_(1, own[:, None], -1.).topk(m, 1).indices  # -1: never itself
+    logw = logw.scatter(1, own[:, None], -math.inf)  # never itself
+    # Gumbel top-m: each row's m largest draw m partners without replacement, with probability ∝ exp(logw), vectorised
+    g, idx = (logw - torch.empty_like(logw).exponential_().log_()).topk(m, 1)
+    return torch.where(g == -math.inf, own[:, None], idx)
+
 def draw_partners(
     y:Tensor, # The first target of the batch: class indices, one-hot, or regression targets for a `LabelKernel`
     pairing:str|LabelKernel # 'same_class', 'other_class' or a `LabelKernel`
 )->Tensor:
     "Each sample's partner index, drawn among the eligible samples (never itself) on `y`'s device with no host-device sync; a sample with none is paired with itself"
-    bs, dev = y.shape[0], y.device
-    logw = pairing_logits(y, pairing)
-    logw.diagonal().fill_(-math.inf)  # never itself
-    # Gumbel-max: an argmax per row draws `j` with probability ∝ exp(logw[i, j]), vectorised
-    g = logw - torch.empty_like(logw).exponential_().log_()
-    best, idx = g.max(1)
-    return torch.where(best == -math.inf, torch.arange(bs, device=dev), idx)
+    return draw_partner_ids(torch.arange(y.shape[0], device=y.device), y.shape[0], 1, pairing_logits(y, pairing))[:, 0]
 
 def draw_pairing(
     pairing:str|LabelKernel, # 'random', 'same_class', 'other_class' or a `LabelKernel`
