@@ -43,11 +43,8 @@ def mix_tensor(
 
 def _lerp_rows(xp:Tensor, w:Tensor, shift:int)->Tensor:
     "`w*xp + (1-w)*xp.roll(-shift, 0)` in two `lerp`s (rows that wrap around, and the others), with no rolled copy; the first `mixed_rows` rows"
-    k = mixed_rows(shift, xp.shape[0])
-    n = min(k, xp.shape[0]-shift)
-    out = xp.new_empty(k, *xp.shape[1:])
-    torch.lerp(xp[shift:shift+n], xp[:n], w[:n], out=out[:n])
-    torch.lerp(xp[:k-n], xp[n:k], w[n:k], out=out[n:])
+    out = xp.new_empty(mixed_rows(shift, xp.shape[0]), *xp.shape[1:])
+    for own, partners in ahead_slices(shift, xp.shape[0]): torch.lerp(xp[partners], xp[own], w[own], out=out[own])
     return out
 
 class _LerpRows(torch.autograd.Function):

@@ -36,15 +36,15 @@ def _det_images(images)->Tensor:
         f"detection images must be one tensor (bs, C, H, W), got {type(images).__name__} {tuple(getattr(images, 'shape', ()))}")
     return images, as_plain(images)  # shapes and devices read from the plain tensor: each read of a fastai tensor's costs a `__torch_function__` call
 
-def _pad_slots(t:Tensor, m:int)->Tensor:
-    "A per-box tensor `(n, slots, ...)` padded with zeros (invalid, for `valid`) to `m` slots"
-    return t if t.shape[1] >= m else torch.cat([t, t.new_zeros(t.shape[0], m - t.shape[1], *t.shape[2:])], 1)
+def _pad_slots(ts:tuple, slots:range, m:int)->tuple:
+    "The tensors `ts`, the per-box ones (`slots`, each `(n, slots, ...)`) padded with zeros (invalid, for `valid`) to `m` slots"
+    def pad(t): return t if t.shape[1] >= m else torch.cat([t, t.new_zeros(t.shape[0], m - t.shape[1], *t.shape[2:])], 1)
+    return tuple(pad(t) if i in slots else t for i, t in enumerate(ts))
 
 def _cat_rows(ts:tuple, rows:tuple, slots:range)->tuple:
     "The batch's tensors `ts` with the bank's `rows` appended, the per-box ones (`slots`) padded to as many slots as either has"
     m = max([ts[i].shape[1] for i in slots] + [rows[i].shape[1] for i in slots], default=0)
-    pad = lambda t, i: _pad_slots(t, m) if i in slots else t
-    return tuple(torch.cat([pad(t, i), pad(r, i)]) for i, (t, r) in enumerate(zip(ts, rows)))
+    return tuple(map(torch.cat, zip(_pad_slots(ts, slots, m), _pad_slots(rows, slots, m))))
 
 def banking_detection(
     f=None, # A detection function `f(images, targets, ..., shift, bank, params)` that returns its images and targets; it is called with `bank=None`
@@ -77,8 +77,7 @@ def banking_detection(
             if params is not None and params is not DRAW: return f(*args, **kwargs)  # a record drawn without a bank
             if bank.rows is not None and len(fields):  # the bank's per-box tensors, as many slots as the batch's
                 m = max(ts[1].shape[1], bank.rows[1].shape[1])
-                ts = tuple(_pad_slots(t, m) if i in slots else t for i, t in enumerate(ts))
-                bank.rows = tuple(_pad_slots(t, m) if i in slots else t for i, t in enumerate(bank.rows))
+                ts, bank.rows = _pad_slots(ts, slots, m), _pad_slots(bank.rows, slots, m)
             if bank.across_ranks: raise ValueError("a bank across ranks draws the other ranks' batches, whose images have as many box slots "
                                                   "as each rank's: it is for classification and segmentation; use across_ranks=False")
             drawn = bank.partners(ts, sources)
@@ -255,8 +254,7 @@ def _place(out:Tensor, t:Tensor, r:MosaicParams, nearest:bool=False)->Tensor:
         for k, (((y0, y1, x0, x1), hw, (oy, ox)), d) in enumerate(zip(r.tiles[0], (0, *r.offsets))):
             if y0 >= y1 or x0 >= x1: continue
             src, dst = _resized(t, hw, nearest)[..., y0-oy:y1-oy, x0-ox:x1-ox], q(out, k)[..., y0:y1, x0:x1]
-            n = min(rows, bs - d)
-            dst[:n] = src[d:d+n]; dst[n:] = src[:rows-n]
+            for own, partners in ahead_slices(d, bs, rows): dst[own] = src[partners]
         return out
     for i, (src, tiles) in enumerate(zip(r.src[:out.shape[0]], r.tiles)):
         for k, ((y0, y1, x0, x1), hw, (oy, ox)) in enumerate(tiles):

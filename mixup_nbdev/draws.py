@@ -14,9 +14,9 @@ from .core import _const, as_plain
 
 # %% auto #0
 __all__ = ['DRAW', 'draw_uniform', 'draw_normal', 'draw_coin', 'draw_int', 'sample_lam', 'host_lam', 'draw_shift', 'Ahead',
-           'mixed_rows', 'has_partners', 'self_paired', 'LabelKernel', 'check_pairing', 'pairing_logits',
-           'draw_partner_ids', 'draw_partners', 'draw_pairing', 'draw_sources', 'DrawAhead', 'draw_rows', 'draw_choice',
-           'given_record', 'check_fits', 'drawing', 'draw_of', 'check_record', 'mixing']
+           'mixed_rows', 'ahead_slices', 'has_partners', 'self_paired', 'LabelKernel', 'check_pairing',
+           'pairing_logits', 'draw_partner_ids', 'draw_partners', 'draw_pairing', 'draw_sources', 'DrawAhead',
+           'draw_rows', 'draw_choice', 'given_record', 'check_fits', 'drawing', 'draw_of', 'check_record', 'mixing']
 
 # %% ../nbs/01_draws.ipynb #70a3157e
 def draw_uniform(
@@ -97,6 +97,16 @@ def mixed_rows(
 )->int:
     "How many of the batch's `n` rows a method mixes: the first `shift.rows` for an `Ahead`, else all; rows past them have no partner in the pool and are left out"
     return shift.rows if isinstance(shift, Ahead) else n
+
+def ahead_slices(
+    shift:int, # Partner offset, < `n`
+    n:int, # How many rows the batch has
+    rows:int|None=None # How many rows are wanted, at most `n`; default: `mixed_rows(shift, n)`
+)->tuple:
+    "Pairs of slices `(own, partners)` that pair output row `i` with row `(i + shift) % n`, for the first `rows` rows: two, for the rows whose partners come before the end of the batch and those that wrap round to its start; a method reads each slice of partners with no gathered copy"
+    rows = mixed_rows(shift, n) if rows is None else rows
+    m = min(rows, n - shift)
+    return (slice(0, m), slice(shift, shift + m)), (slice(m, rows), slice(0, rows - m))
 
 def has_partners(
     shift:int|Tensor # Partner offset, or each sample's partner index

@@ -59,8 +59,7 @@ def paste_box(
     v, src = out[(...,) + box], xp[(...,) + box]
     if isinstance(shift, Tensor): v.copy_(src[shift])
     else:
-        n = min(k, src.shape[0] - shift)
-        v[:n].copy_(src[shift:shift+n]); v[n:].copy_(src[:k-n])
+        for own, partners in ahead_slices(shift, src.shape[0]): v[own].copy_(src[partners])
     return as_type_of(out, x)
 
 # %% ../nbs/04_paste.ipynb #f96a3693
@@ -82,11 +81,8 @@ def _where_partner(xp, mask, shift, base):
     "`paste_mask` of plain tensors"
     m = _over(mask, xp)
     if isinstance(shift, Tensor): return torch.where(m, xp[shift], base)
-    k = mixed_rows(shift, xp.shape[0])
-    n = min(k, xp.shape[0]-shift)
-    out = base.new_empty(k, *base.shape[1:])
-    torch.where(m[:n], xp[shift:shift+n], base[:n], out=out[:n])
-    torch.where(m[n:k], xp[:k-n], base[n:k], out=out[n:])
+    out = base.new_empty(mixed_rows(shift, xp.shape[0]), *base.shape[1:])
+    for own, partners in ahead_slices(shift, xp.shape[0]): torch.where(m[own], xp[partners], base[own], out=out[own])
     return out
 
 def mask_lam(

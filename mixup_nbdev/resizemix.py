@@ -214,7 +214,5 @@ def _paste_resized(
         # a sample paired with itself (none was eligible) is left as it is, not shrunk into its own box
         out[inner] = torch.where(self_paired(shift).view(-1, *[1]*(tp.ndim-1)), tp[inner], small[shift])
     else:
-        n = tp.shape[0]-shift
-        out[:n][inner] = small[shift:]
-        out[n:][inner] = small[:shift]
+        for own, partners in ahead_slices(shift, tp.shape[0], tp.shape[0]): out[own][inner] = small[partners]
     return t if inplace else as_type_of(out, t)

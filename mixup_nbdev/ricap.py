@@ -70,8 +70,7 @@ def _tile(tp:Tensor, r:RICAPParams)->Tensor:
             dst, crop = out[..., y0:y1, x0:x1], src[k][..., cy:cy+y1-y0, cx:cx+x1-x0]
             if r.offsets is None: dst.copy_(crop)
             else:
-                d = r.offsets[k]; n = min(rows, bs - d)
-                dst[:n] = crop[d:d+n]; dst[n:] = crop[:rows-n]
+                for own, partners in ahead_slices(r.offsets[k], bs, rows): dst[own] = crop[partners]
         return out
     for i, (cut, corners) in enumerate(zip(r.cut[:rows], r.corners[:rows])):
         for k, ((y0, y1, x0, x1), (cy, cx)) in enumerate(zip(_tiles(h, w, *cut), corners)):
