@@ -57,10 +57,8 @@ class _LerpRows(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, g):
         (w,), s = ctx.saved_tensors, ctx.shift
-        n = g.shape[0]-s
         gx = g*w  # each row's gradient through its own value, then through the rows that took it as their partner
-        gx[s:].addcmul_(g[:n], 1-w[:n])
-        gx[:s].addcmul_(g[n:], 1-w[n:])
+        for own, partners in ahead_slices(s, g.shape[0]): gx[partners].addcmul_(g[own], 1-w[own])
         return gx, None, None
 
 def _lerp_partner(
