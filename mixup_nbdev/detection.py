@@ -38,7 +38,7 @@ def _det_images(images)->Tensor:
 
 def _pad_slots(ts:tuple, slots:range, m:int)->tuple:
     "The tensors `ts`, the per-box ones (`slots`, each `(n, slots, ...)`) padded with zeros (invalid, for `valid`) to `m` slots"
-    def pad(t): return t if t.shape[1] >= m else torch.cat([t, t.new_zeros(t.shape[0], m - t.shape[1], *t.shape[2:])], 1)
+    def pad(t): return t if t.shape[1] >= m else torch.cat([t, t.new_zeros(len(t), m - t.shape[1], *t.shape[2:])], 1)
     return tuple(pad(t) if i in slots else t for i, t in enumerate(ts))
 
 def _cat_rows(ts:tuple, rows:tuple, slots:range)->tuple:
